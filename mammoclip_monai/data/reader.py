@@ -1,0 +1,268 @@
+"""Read one mammogram (DICOM, PNG, JPEG or TIFF) into a display-ready grey-scale array.
+
+The public entry point is :func:`read_mammogram`; every problem with the input file surfaces as a
+:class:`MammogramReadError` that names the file and the reason and nothing else (no header value
+that could identify a patient). The conventions (orientation, intensity range, metadata keys) are
+those of ``docs/data_formats.md``.
+
+Only numpy and Pillow are imported here; pydicom is imported when a DICOM file is read, so PNG
+datasets work in environments without it. Neither module imports torch or MONAI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MammogramReadError", "read_mammogram", "image_hash", "VOI_MODES"]
+
+VOI_MODES = ("auto", "lut", "window", "minmax", "range")
+"""Accepted values of ``voi``: how stored DICOM values are mapped to ``[0, 1]``."""
+
+NOT_SUPPORTED = "not a DICOM or supported image file"
+"""The reason given for any file that is neither DICOM nor a PNG/JPEG/TIFF image."""
+
+_DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic", ""})
+_RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+_RASTER_FORMATS = ["PNG", "JPEG", "TIFF"]
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class MammogramReadError(ValueError):
+    """A mammogram could not be read: names the file and the reason, never a header value.
+
+    ``str(err) == f"{path}: {reason}"``. Subclasses ``ValueError`` so callers that already catch
+    bad values keep working.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fsdecode(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the two-argument constructor working across processes (DataLoader workers).
+        return (type(self), (self.path, self.reason))
+
+
+def image_hash(path: str | os.PathLike[str]) -> str:
+    """First 16 hex digits of SHA-1 of the absolute path: refers to an image without naming anyone."""
+    absolute = os.path.abspath(os.fspath(path))
+    return hashlib.sha1(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def read_mammogram(
+    path: str | os.PathLike[str],
+    *,
+    voi: str = "auto",
+    window_index: int = 0,
+    allow_any_modality: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a mammogram as a C-contiguous float32 ``(H, W)`` array in ``[0, 1]`` plus metadata.
+
+    Higher values are brighter whatever the photometric interpretation; rows are DICOM Rows as a
+    viewer shows them (nothing is transposed). ``voi`` picks how DICOM values map to ``[0, 1]``
+    (``"auto"``: VOI LUT, else window, else min-max; or force ``"lut"``, ``"window"``,
+    ``"minmax"``, ``"range"``); ``window_index`` selects among several windows or VOI LUTs (an
+    index that does not exist falls back to the first). Non-MG DICOM files are refused unless
+    ``allow_any_modality``.
+
+    Raises:
+        MammogramReadError: for any problem with the file (never another exception type).
+        ValueError: for an invalid ``voi`` or ``window_index`` (a caller bug, raised before the file
+            is read).
+    """
+    _check_arguments(voi, window_index)
+    name = os.fsdecode(path)
+    try:
+        image, header = _dispatch(name, voi=voi, window_index=int(window_index),
+                                  allow_any_modality=bool(allow_any_modality))
+        image = _finalise(image)
+        meta = _assemble_meta(name, image, header)
+    except MammogramReadError:
+        raise
+    except Exception as exc:  # final guard: callers only ever see MammogramReadError
+        raise MammogramReadError(name, f"unexpected error while reading ({type(exc).__name__})") from exc
+    return image, meta
+
+
+def _check_arguments(voi: str, window_index: int) -> None:
+    """Reject invalid options early: they are programming errors, not bad files."""
+    if voi not in VOI_MODES:
+        raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
+    if isinstance(window_index, bool) or not isinstance(window_index, (int, np.integer)):
+        raise ValueError(f"window_index must be an int, got {window_index!r}")
+
+
+def _dispatch(path: str, *, voi: str, window_index: int, allow_any_modality: bool
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decide the format from the file's magic bytes, then its extension, and read it."""
+    kind = _sniff(path)
+    if kind == "dicom":
+        return _read_dicom(path, voi=voi, window_index=window_index,
+                           allow_any_modality=allow_any_modality)
+    if kind == "raster":
+        return read_raster(path)
+    raise MammogramReadError(path, NOT_SUPPORTED)
+
+
+def _sniff(path: str) -> str | None:
+    """Return "dicom", "raster" or None; magic bytes win over the extension."""
+    if not os.path.exists(path):
+        raise MammogramReadError(path, "file not found")
+    if not os.path.isfile(path):
+        raise MammogramReadError(path, "not a regular file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError as exc:
+        raise MammogramReadError(path, f"cannot open the file ({type(exc).__name__})") from exc
+    if not head:
+        raise MammogramReadError(path, f"{NOT_SUPPORTED} (empty file)")
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG_SIGNATURE) or head.startswith(b"\xff\xd8\xff") or head[:4] in _TIFF_SIGNATURES:
+        return "raster"
+    extension = os.path.splitext(path)[1].lower()
+    # UID-style names ("1.2.840....7") end in a numeric "extension": those are DICOM candidates too.
+    if extension in _DICOM_EXTENSIONS or extension[1:].isdigit():
+        return "dicom"
+    if extension in _RASTER_EXTENSIONS:
+        return "raster"
+    return None
+
+
+def _read_dicom(path: str, *, voi: str, window_index: int, allow_any_modality: bool
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Delegate to the DICOM module, turning its rejections into MammogramReadError."""
+    try:
+        from mammoclip_monai.data import dicom
+    except ImportError as exc:  # pydicom missing: say what to install
+        raise MammogramReadError(path, "reading DICOM needs pydicom (pip install pydicom)") from exc
+    try:
+        return dicom.read_dicom(path, voi=voi, window_index=window_index,
+                                allow_any_modality=allow_any_modality)
+    except dicom.DicomRejected as exc:
+        raise MammogramReadError(path, exc.reason) from exc.__cause__
+
+
+# ----------------------------------------------------------------------------------- raster files
+
+def read_raster(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an 8/16-bit grey PNG, JPEG or TIFF, dividing by the range of its pixel type."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path, formats=_RASTER_FORMATS) as img:
+            if int(getattr(img, "n_frames", 1)) > 1:
+                raise MammogramReadError(path, f"multi-frame image ({img.n_frames} frames) is not supported")
+            img.load()
+            image, bits = _raster_to_grey(path, img)
+    except MammogramReadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise MammogramReadError(path, NOT_SUPPORTED) from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise MammogramReadError(path, f"truncated or corrupt image file ({type(exc).__name__})") from exc
+    header = {
+        "laterality": "unknown", "view": "unknown",
+        "pixel_spacing": (math.nan, math.nan), "spacing_source": "unknown",
+        "bits_stored": bits, "photometric_interpretation": "MONOCHROME2",
+        "voi": "range", "inverted": False, "modality": "unknown", "manufacturer": "",
+    }
+    return image, header
+
+
+def _raster_to_grey(path: str, img: Any) -> tuple[np.ndarray, int]:
+    """Return (float32 image in [0, 1], bits) for a loaded Pillow image; colour is an error."""
+    mode = img.mode
+    if mode == "1":
+        return np.asarray(img, dtype=np.float32), 8
+    if mode.startswith("I;16"):
+        return _scale_integer(path, np.asarray(img), 65535.0), 16
+    if mode == "I":
+        return _scale_int32(path, np.asarray(img)), 16
+    if mode == "F":
+        return _scale_float(path, np.asarray(img, dtype=np.float32)), 16
+    if mode == "L":
+        return _scale_integer(path, np.asarray(img), 255.0), 8
+    if mode in ("LA", "La"):
+        return _scale_integer(path, np.asarray(img.getchannel("L")), 255.0), 8
+    return _scale_integer(path, _grey_from_colour(path, img), 255.0), 8
+
+
+def _grey_from_colour(path: str, img: Any) -> np.ndarray:
+    """Accept an RGB(A)/palette image only when its three colour channels are identical."""
+    try:
+        rgb = np.asarray(img.convert("RGB"))
+    except (ValueError, OSError) as exc:
+        raise MammogramReadError(path, f"unsupported image mode {img.mode!r}") from exc
+    red = rgb[..., 0]
+    if not (np.array_equal(red, rgb[..., 1]) and np.array_equal(red, rgb[..., 2])):
+        raise MammogramReadError(path, f"colour image (mode {img.mode}) is not supported; a mammogram is grey-scale")
+    return red
+
+
+def _scale_integer(path: str, pixels: np.ndarray, top: float) -> np.ndarray:
+    """Unsigned integer pixels divided by their type's maximum."""
+    if pixels.dtype.kind not in "ub":
+        raise MammogramReadError(path, f"unsupported pixel type {pixels.dtype}")
+    image = pixels.astype(np.float32)
+    image /= np.float32(top)
+    return image
+
+
+def _scale_int32(path: str, pixels: np.ndarray) -> np.ndarray:
+    """Pillow's 32-bit mode "I" usually holds 16-bit data: accept it only within 0..65535."""
+    if pixels.size and (int(pixels.min()) < 0 or int(pixels.max()) > 65535):
+        raise MammogramReadError(path, "32-bit integer image with values outside 0..65535 is not supported")
+    image = pixels.astype(np.float32)
+    image /= np.float32(65535.0)
+    return image
+
+
+def _scale_float(path: str, pixels: np.ndarray) -> np.ndarray:
+    """Float images: [0, 1] is kept, [0, 65535] is taken as 16-bit data; anything else is refused."""
+    if not np.isfinite(pixels).all():
+        raise MammogramReadError(path, "non-finite values in a floating-point image")
+    low = float(pixels.min()) if pixels.size else 0.0
+    high = float(pixels.max()) if pixels.size else 0.0
+    if low < 0.0 or high > 65535.0:
+        raise MammogramReadError(path, "floating-point image with values outside 0..65535 is not supported")
+    image = np.array(pixels, dtype=np.float32, copy=True)
+    if high > 1.0:
+        image /= np.float32(65535.0)
+    return image
+
+
+# ------------------------------------------------------------------------------------ common tail
+
+def _finalise(image: np.ndarray) -> np.ndarray:
+    """C-contiguous float32, non-empty. Both readers already produce [0, 1]: no extra pass here."""
+    if image.ndim != 2 or 0 in image.shape:
+        raise ValueError(f"internal: expected a non-empty 2-D image, got shape {image.shape}")
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def _assemble_meta(path: str, image: np.ndarray, header: dict[str, Any]) -> dict[str, Any]:
+    """The contract's metadata: exactly these keys, in this order, copied from an allow-list."""
+    return {
+        "filename_or_obj": path,
+        "image_hash": image_hash(path),
+        "laterality": str(header["laterality"]),
+        "view": str(header["view"]),
+        "pixel_spacing": (float(header["pixel_spacing"][0]), float(header["pixel_spacing"][1])),
+        "spacing_source": str(header["spacing_source"]),
+        "bits_stored": int(header["bits_stored"]),
+        "photometric_interpretation": str(header["photometric_interpretation"]),
+        "voi": str(header["voi"]),
+        "inverted": bool(header["inverted"]),
+        "modality": str(header["modality"]),
+        "manufacturer": str(header["manufacturer"]),
+        "spatial_shape": (int(image.shape[0]), int(image.shape[1])),
+    }
