@@ -1,0 +1,138 @@
+"""The ``mammoclip`` command line: one sub-command per job, heavy imports only when a job runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("mammoclip_monai.cli")
+
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ""}
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files as given, folders walked recursively for DICOM/PNG/JPEG/TIFF files (sorted)."""
+    files: list[Path] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith(".")))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise SystemExit(f"mammoclip: {path}: no such file or folder")
+    return files
+
+
+# ----------------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mammoclip_monai.data.synthetic import generate_dataset
+
+    summary = generate_dataset(args.out, n_patients=args.patients, seed=args.seed,
+                               image_size=(args.height, args.width), workers=args.workers,
+                               overwrite=args.overwrite, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# ----------------------------------------------------------------------------- inspect
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the metadata the reader keeps (never patient identifiers) for each file."""
+    from mammoclip_monai.data.reader import MammogramReadError, read_mammogram
+
+    failures = 0
+    for path in expand_inputs(args.inputs):
+        try:
+            array, meta = read_mammogram(str(path), voi=args.voi, allow_any_modality=args.any_modality)
+        except MammogramReadError as err:
+            failures += 1
+            print(json.dumps({"file": str(path), "error": err.reason}))
+            continue
+        meta = dict(meta, min=float(array.min()), max=float(array.max()), mean=float(array.mean()))
+        print(json.dumps(meta, default=str))
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------- preprocess
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Run the deterministic pipeline (read, crop, canonicalise, resize) and write 8-bit PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from mammoclip_monai.data.pipelines import preprocessing
+    from mammoclip_monai.data.reader import MammogramReadError
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chain = preprocessing(spatial_size=(args.height, args.width), normalize=False,
+                          allow_any_modality=args.any_modality)
+    failures = 0
+    rows = []
+    for path in expand_inputs(args.inputs):
+        try:
+            image = chain({"image": str(path)})["image"]
+        except MammogramReadError as err:
+            failures += 1
+            logger.error("skipped %s", err)
+            continue
+        name = image.meta["image_hash"] + ".png"
+        pixels = (np.clip(image.as_tensor()[0].numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(pixels).save(out_dir / name)
+        rows.append({"file": str(path), "png": name, "laterality": image.meta["laterality"],
+                     "view": image.meta["view"]})
+    (out_dir / "index.json").write_text(json.dumps(rows, indent=1))
+    print(f"wrote {len(rows)} PNG(s) to {out_dir}" + (f"; {failures} file(s) could not be read" if failures else ""))
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammoclip", description="MammoCLIP-MONAI command line")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate the synthetic mammography dataset (DICOM + CSVs)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("inspect", help="print what the reader makes of files (safe metadata only)")
+    p.add_argument("inputs", nargs="+", help="files or folders")
+    p.add_argument("--voi", default="auto", choices=["auto", "lut", "window", "minmax", "range"])
+    p.add_argument("--any-modality", action="store_true", help="accept modalities other than MG")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("preprocess", help="crop, canonicalise and resize mammograms to PNG")
+    p.add_argument("inputs", nargs="+", help="files or folders")
+    p.add_argument("--out", required=True)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--any-modality", action="store_true")
+    p.set_defaults(func=cmd_preprocess)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad arguments or inputs: no traceback
+        print(f"mammoclip {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
