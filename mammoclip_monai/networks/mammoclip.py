@@ -1,0 +1,291 @@
+"""MammoCLIP: an image tower and a text tower projected into one normalised embedding space.
+
+Interface after open_clip (``encode_image`` / ``encode_text`` / ``forward`` returning features and
+the logit scale) and Hugging Face (``save_pretrained`` / ``from_pretrained``). The whole model is
+described by :class:`MammoCLIPConfig`, a dataclass that round-trips through plain JSON, so bundle
+configs and saved directories describe models the same way.
+
+A saved directory is self-contained and loads offline::
+
+    <dir>/config.json          MammoCLIPConfig
+    <dir>/model.safetensors    all weights (no pickle)
+    <dir>/text_encoder/        the text model's Hugging Face config.json + tokenizer files
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoders import POOLING_MODES, EfficientNetBNImageEncoder, ImageEncoder, TextEncoder
+from .heads import PROJECTION_KINDS, ProjectionHead
+
+__all__ = ["MammoCLIPConfig", "MammoCLIP", "CONFIG_NAME", "WEIGHTS_NAME", "TEXT_DIR_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TEXT_DIR_NAME = "text_encoder"
+IMAGE_BACKENDS = ("timm", "efficientnet_bn")
+
+
+def _original_normalization() -> dict[str, Any]:
+    """The intensity standardisation the original checkpoints expect (data/transforms.py constants)."""
+    from ..data.transforms import ORIGINAL_MEAN, ORIGINAL_STD
+
+    return {"mode": "fixed", "mean": ORIGINAL_MEAN, "std": ORIGINAL_STD}
+
+
+@dataclass
+class MammoCLIPConfig:
+    """Everything needed to rebuild a :class:`MammoCLIP` (weights aside); JSON-serialisable.
+
+    Image tower:
+        image_backend: ``"timm"`` (:class:`ImageEncoder`) or ``"efficientnet_bn"``
+            (:class:`EfficientNetBNImageEncoder`, the original's network).
+        image_model: timm model name, or ``"efficientnet-b0"`` .. ``"efficientnet-b7"``.
+        in_chans: input channels (1: grey mammograms; 3-channel stems are folded).
+        image_size: ``(H, W)`` the model is meant to see (preprocessing reads it; the networks
+            accept other sizes).
+        image_drop_rate / image_drop_path_rate: dropout after pooling / stochastic depth;
+            ``None`` keeps the backend's default (efficientnet_bn: the network's own values).
+        image_weights: initial image weights used when built with ``pretrained=True``: ``None``,
+            ``"efficientnet_lite0_imagenet"`` (packaged), ``"lukemelas_imagenet"`` (the paper's,
+            GitHub download) or ``"timm"`` (timm hub weights).
+        image_grad_checkpointing: recompute activations to save memory.
+        image_normalization: what the intensity normalisation before the network must be
+            (informative: ``NormalizeMammogramd`` arguments).
+    Text tower:
+        text_model: hub id or directory; ``None`` means the packaged MiniLM-L6 or, without it, a
+            random BERT with the bundled vocabulary.
+        text_config: Hugging Face config attributes to override (e.g. a tiny random model).
+        text_pooling: ``"eos"`` (original), ``"cls"`` or ``"mean"``.
+        text_max_length: longest tokenised report.
+        text_grad_checkpointing: Hugging Face gradient checkpointing.
+    Joint space:
+        embed_dim, projection, projection_hidden_dim, projection_dropout: the heads.
+        logit_scale_init: initial ``log(1/temperature)``; ``logit_scale_max`` caps ``exp(scale)``.
+    """
+
+    image_backend: str = "timm"
+    image_model: str = "tf_efficientnet_lite0"
+    in_chans: int = 1
+    image_size: tuple[int, int] = (512, 320)
+    image_drop_rate: float | None = 0.2
+    image_drop_path_rate: float | None = 0.2
+    image_weights: str | None = "efficientnet_lite0_imagenet"
+    image_grad_checkpointing: bool = False
+    image_normalization: dict[str, Any] = field(default_factory=_original_normalization)
+    text_model: str | None = None
+    text_config: dict[str, Any] | None = None
+    text_pooling: str = "mean"
+    text_max_length: int = 64
+    text_grad_checkpointing: bool = False
+    embed_dim: int = 512
+    projection: str = "linear"
+    projection_hidden_dim: int | None = None
+    projection_dropout: float = 0.0
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.image_backend not in IMAGE_BACKENDS:
+            raise ValueError(f"image_backend must be one of {IMAGE_BACKENDS}, got {self.image_backend!r}")
+        if self.text_pooling not in POOLING_MODES:
+            raise ValueError(f"text_pooling must be one of {POOLING_MODES}, got {self.text_pooling!r}")
+        if self.projection not in PROJECTION_KINDS:
+            raise ValueError(f"projection must be one of {PROJECTION_KINDS}, got {self.projection!r}")
+        self.image_size = tuple(int(s) for s in self.image_size)  # JSON gives lists
+        if len(self.image_size) != 2:
+            raise ValueError(f"image_size must be (H, W), got {self.image_size}")
+        if self.text_model is not None:
+            self.text_model = os.fspath(self.text_model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["image_size"] = list(self.image_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MammoCLIPConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise TypeError(f"unknown MammoCLIPConfig keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+
+def _build_image_encoder(config: MammoCLIPConfig, pretrained: bool) -> nn.Module:
+    """The configured image tower; timm hub weights are the only ones loaded here (by timm)."""
+    if config.image_backend == "timm":
+        kwargs = {}
+        if config.image_drop_rate is not None:
+            kwargs["drop_rate"] = config.image_drop_rate
+        if config.image_drop_path_rate is not None:
+            kwargs["drop_path_rate"] = config.image_drop_path_rate
+        return ImageEncoder(config.image_model, in_chans=config.in_chans,
+                            pretrained=pretrained and config.image_weights == "timm",
+                            grad_checkpointing=config.image_grad_checkpointing, **kwargs)
+    if pretrained and config.image_weights == "timm":
+        raise ValueError("image_weights='timm' needs image_backend='timm'")
+    return EfficientNetBNImageEncoder(config.image_model, in_chans=config.in_chans,
+                                      drop_rate=config.image_drop_rate, drop_path_rate=config.image_drop_path_rate,
+                                      grad_checkpointing=config.image_grad_checkpointing)
+
+
+def _build_text_encoder(config: MammoCLIPConfig, pretrained: bool, text_source: str | None) -> TextEncoder:
+    """The configured text tower.
+
+    ``text_source`` (a saved model's ``text_encoder/`` directory) wins over ``config.text_model`` and
+    is always built without weights: they come from ``model.safetensors``.
+    """
+    from . import weights
+
+    common = dict(pooling=config.text_pooling, max_length=config.text_max_length,
+                  gradient_checkpointing=config.text_grad_checkpointing)
+    overrides = dict(config.text_config or {})
+    if text_source is not None:
+        return TextEncoder(text_source, pretrained=False, config_overrides=overrides, **common)
+    source = config.text_model if config.text_model is not None else weights.default_text_model_path()
+    if source is not None:
+        return TextEncoder(source, pretrained=pretrained, config_overrides=overrides, **common)
+    from transformers import AutoModel
+
+    hf_config = weights.fallback_text_config(**overrides)
+    model = AutoModel.from_config(hf_config, add_pooling_layer=False)
+    return TextEncoder(model=model, tokenizer=weights.fallback_tokenizer(), **common)
+
+
+class MammoCLIP(nn.Module):
+    """Contrastive image-report model (Mammo-CLIP).
+
+    Args:
+        config: a :class:`MammoCLIPConfig` or its dict form.
+        pretrained: load the initial weights named by the config (``image_weights``; text weights
+            from ``text_model``). ``False`` builds everything randomly (the architecture still
+            comes from the text model's config).
+        text_source: directory with the text model's Hugging Face config and tokenizer, used
+            instead of ``config.text_model`` (what :meth:`from_pretrained` passes).
+        text_encoder: a ready :class:`TextEncoder` used as-is instead of building one (what the
+            original-checkpoint importer passes when the BERT config is inferred from tensors).
+    """
+
+    def __init__(self, config: MammoCLIPConfig | dict[str, Any] | None = None, pretrained: bool = False,
+                 text_source: str | os.PathLike | None = None, text_encoder: TextEncoder | None = None) -> None:
+        super().__init__()
+        from . import weights
+
+        if config is None:
+            config = MammoCLIPConfig()
+        elif isinstance(config, dict):
+            config = MammoCLIPConfig.from_dict(config)
+        self.config = config
+        if text_encoder is None:  # first: a missing hub model should fail before minutes of image init
+            text_encoder = _build_text_encoder(config, pretrained,
+                                               None if text_source is None else os.fspath(text_source))
+        self.image_encoder = _build_image_encoder(config, pretrained)
+        if pretrained:
+            weights.load_image_weights(self.image_encoder, config.image_weights)
+        self.text_encoder = text_encoder
+        self.image_projection = ProjectionHead(self.image_encoder.feature_dim, config.embed_dim, config.projection,
+                                               config.projection_hidden_dim, config.projection_dropout)
+        self.text_projection = ProjectionHead(self.text_encoder.hidden_size, config.embed_dim, config.projection,
+                                              config.projection_hidden_dim, config.projection_dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+
+    # -- tokenizer --------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tower's Hugging Face tokenizer (``None`` if it was not available)."""
+        return self.text_encoder.tokenizer
+
+    def tokenize(self, texts: str | list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """``{"input_ids", "attention_mask"}`` for a batch of reports (truncated to ``text_max_length``)."""
+        return self.text_encoder.tokenize(texts, max_length=max_length)
+
+    # -- encoders ---------------------------------------------------------------------------------
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings ``(B, embed_dim)``, L2-normalised unless ``normalize=False``."""
+        features = self.image_projection(self.image_encoder(image))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    normalize: bool = True) -> torch.Tensor:
+        """Report embeddings ``(B, embed_dim)``, L2-normalised unless ``normalize=False``."""
+        features = self.text_projection(self.text_encoder(input_ids, attention_mask))
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def image_feature_map(self, image: torch.Tensor) -> torch.Tensor:
+        """The image tower's last feature map ``(B, C, h, w)`` (for FActOR / saliency)."""
+        return self.image_encoder.forward_features(image)
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """``exp(logit_scale)`` capped at ``logit_scale_max``: what contrastive losses multiply by."""
+        return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Normalised ``image_features``, ``text_features`` (``(B, embed_dim)``) and the scalar ``logit_scale``."""
+        return {
+            "image_features": self.encode_image(image, normalize=True),
+            "text_features": self.encode_text(input_ids, attention_mask, normalize=True),
+            "logit_scale": self.get_logit_scale(),
+        }
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and ``text_encoder/`` (HF config + tokenizer).
+
+        The text model's config and tokenizer are stored so that :meth:`from_pretrained` needs
+        neither the original ``text_model`` path nor the hub.
+        """
+        from safetensors.torch import save_model
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        save_model(self, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "mammoclip_monai"})
+        text_dir = directory / TEXT_DIR_NAME
+        self.text_encoder.model.config.save_pretrained(str(text_dir))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(text_dir))
+        else:
+            warnings.warn("the model has no tokenizer; the saved directory will not tokenise text", stacklevel=2)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, load_directory: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        **config_overrides: Any) -> MammoCLIP:
+        """Rebuild a model written by :meth:`save_pretrained`, offline, from safetensors only.
+
+        Returns the model in eval mode (as Hugging Face does); call ``.train()`` to fine-tune.
+
+        ``config_overrides`` change run-time settings such as ``image_grad_checkpointing``; changing
+        shapes makes the strict weight load fail, which is the point.
+        """
+        from safetensors.torch import load_model
+
+        directory = Path(load_directory)
+        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{directory} is not a saved MammoCLIP ({CONFIG_NAME} and {WEIGHTS_NAME} needed)")
+        data = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
+        data.update(config_overrides)
+        config = MammoCLIPConfig.from_dict(data)
+        text_dir = directory / TEXT_DIR_NAME
+        model = cls(config, pretrained=False, text_source=text_dir if text_dir.is_dir() else None)
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device="cpu")
+        return model.to(map_location).eval()
