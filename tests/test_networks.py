@@ -290,6 +290,33 @@ def test_projection_heads():
         ProjectionHead(16, 8, kind="conv")
 
 
+def test_param_groups_split_towers_and_exempt_gains_biases_and_temperature(tiny_model):
+    from mammoclip_monai.networks import param_groups
+
+    tiny_model.text_encoder.model.embeddings.word_embeddings.weight.requires_grad_(False)
+    try:
+        groups = param_groups(tiny_model, lr=3e-4, weight_decay=0.1, text_lr=5e-5)
+    finally:
+        tiny_model.text_encoder.model.embeddings.word_embeddings.weight.requires_grad_(True)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"image/decay", "image/no_decay", "text/decay", "text/no_decay", "head/decay",
+                            "head/no_decay"}
+    ids = {id(p): g["name"] for g in groups for p in g["params"]}
+    named = dict(tiny_model.named_parameters())
+    assert ids[id(named["logit_scale"])] == "head/no_decay"
+    assert ids[id(named["image_projection.projection.weight"])] == "head/decay"
+    assert id(named["text_encoder.model.embeddings.word_embeddings.weight"]) not in ids  # frozen: left out
+    trainable = [p for p in tiny_model.parameters() if p.requires_grad]
+    assert len(ids) == len(trainable) - 1  # every trainable parameter once, the frozen one excluded
+    for group in groups:
+        assert group["lr"] == (5e-5 if group["name"].startswith("text") else 3e-4)
+        decayed = group["name"].endswith("/decay")
+        assert group["weight_decay"] == (0.1 if decayed else 0.0)
+        assert all((p.ndim >= 2) == decayed for p in group["params"])
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in groups]
+
+
 def test_mammoclip_forward_normalisation_and_logit_scale(tiny_model):
     model, tokenizer = tiny_model, tiny_model.tokenizer
     assert tokenizer is not None and model.config.text_max_length == 64

@@ -362,3 +362,59 @@ def patient_subset(items: Sequence[Mapping], fraction: float, seed: int = 0) -> 
     patients = _shuffled_patients(items, seed)
     keep = set(patients[: max(1, int(round(fraction * len(patients))))])
     return [dict(item) for item in items if item["patient_id"] in keep]
+
+
+# ----------------------------------------------------------------------------- mixing sources
+def mix_by_patient(sources: Sequence[Sequence[Mapping]], fractions: Sequence[float], split: str | None = "train",
+                   seed: int = 0) -> list[dict]:
+    """Mix datalists whose patients overlap (one dataset in several schemas) without repeating anyone.
+
+    The patients of ``split`` (all patients for ``None``) are dealt, by a seeded shuffle, into
+    disjoint groups sized by ``fractions``; source ``i`` contributes only the items of group ``i``.
+    Used to train on the synthetic data as image-report pairs for some patients and as VinDr-style
+    image-label data (templated sentences) for the others, as Mammo-CLIP mixes two corpora.
+    """
+    if len(sources) != len(fractions):
+        raise ValueError(f"{len(sources)} sources but {len(fractions)} fractions")
+    if any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be non-negative with a positive sum, got {fractions}")
+    chosen = [list(src) if split is None else select_split(src, split) for src in sources]
+    patients = sorted(set(p for items in chosen for p in patients_of(items)))
+    random.Random(seed).shuffle(patients)
+    total, start, groups = float(sum(fractions)), 0.0, []
+    for i, fraction in enumerate(fractions):
+        stop = len(patients) if i == len(fractions) - 1 else start + fraction / total * len(patients)
+        groups.append(set(patients[int(round(start)): int(round(stop))]))
+        start = stop
+    return [dict(item) for items, group in zip(chosen, groups) for item in items if item["patient_id"] in group]
+
+
+VIEW_ORDER = ("CC", "XCCL", "XCCM", "MLO", "ML", "LM", "LMO")
+
+
+def group_views(items: Sequence[Mapping]) -> list[dict]:
+    """One item per breast with two views: ``image`` (CC preferred) and ``image2`` (MLO preferred).
+
+    Mammo-CLIP pairs the CC and MLO views of a breast (its image-image loss term). A breast with a
+    single image gets that image twice (the two copies are augmented differently). Labels are
+    merged by maximum; text, boxes and view metadata are those of ``image``; ``image2_view`` and
+    ``boxes2`` describe the second view.
+    """
+    breasts: dict[tuple, list[Mapping]] = {}
+    for item in items:
+        key = (item["source"], item["patient_id"], item.get("study_id", ""), item.get("laterality", ""))
+        breasts.setdefault(key, []).append(item)
+    grouped = []
+    for views in breasts.values():
+        views = sorted(views, key=lambda it: (VIEW_ORDER.index(it["view"]) if it["view"] in VIEW_ORDER
+                                              else len(VIEW_ORDER), it["image"]))
+        first, second = views[0], views[-1]
+        item = dict(first)
+        item["image2"] = second["image"]
+        item["image2_view"] = second["view"]
+        item["boxes2"] = second["boxes"]
+        for label in ("mass", "calcification", "cancer", "birads", "density"):
+            item[label] = max(int(v[label]) for v in views)
+        item["findings"] = list(dict.fromkeys(f for v in views for f in v["findings"]))
+        grouped.append(item)
+    return grouped

@@ -36,6 +36,7 @@ _EXPORTS = {
     "load_original_mammoclip": "checkpoints",
     "default_text_model_path": "weights",
     "load_efficientnet_lite0_imagenet": "weights",
+    "param_groups": "optim",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,7 @@ convolution is linear and the zero padding is the same in every channel).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -295,6 +296,19 @@ def _is_local(name_or_path: str | os.PathLike) -> bool:
             or text.count("/") > 1)
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Transformers' logging at error level for the duration (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
 def _pooling_layer_kwargs(config: Any) -> dict[str, Any]:
     """``add_pooling_layer=False`` when the architecture takes it.
 
@@ -364,7 +378,8 @@ class TextEncoder(nn.Module):
             config = AutoConfig.from_pretrained(name_or_path, local_files_only=local, **overrides)
             extra = _pooling_layer_kwargs(config)
             if pretrained:
-                model = AutoModel.from_pretrained(name_or_path, config=config, local_files_only=local, **extra)
+                with _quiet_transformers():  # its load report lists the pooler weights dropped on purpose
+                    model = AutoModel.from_pretrained(name_or_path, config=config, local_files_only=local, **extra)
             else:
                 model = AutoModel.from_config(config, **extra)
         except OSError as err:

@@ -236,14 +236,25 @@ class MammoCLIP(nn.Module):
         """``exp(logit_scale)`` capped at ``logit_scale_max``: what contrastive losses multiply by."""
         return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Normalised ``image_features``, ``text_features`` (``(B, embed_dim)``) and the scalar ``logit_scale``."""
-        return {
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                image2: torch.Tensor | None = None, input_ids2: torch.Tensor | None = None,
+                attention_mask2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Normalised ``image_features``, ``text_features`` (``(B, embed_dim)``) and the scalar ``logit_scale``.
+
+        A second view (``image2``) and a second text (``input_ids2``) are encoded in the same call
+        (as ``image_features2`` / ``text_features2``): under DistributedDataParallel every tensor that
+        needs gradients must come out of one forward of the wrapped module.
+        """
+        out = {
             "image_features": self.encode_image(image, normalize=True),
             "text_features": self.encode_text(input_ids, attention_mask, normalize=True),
             "logit_scale": self.get_logit_scale(),
         }
+        if image2 is not None:
+            out["image_features2"] = self.encode_image(image2, normalize=True)
+        if input_ids2 is not None:
+            out["text_features2"] = self.encode_text(input_ids2, attention_mask2, normalize=True)
+        return out
 
     # -- persistence ------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ _EXPORTS = {
     "sample_texts": "reports", "split_sentences": "reports", "usable_sentences": "reports",
     "AttributeSentenceSampler": "templates", "load_vocabulary": "templates", "location_of_box": "templates",
     "load_tokenizer": "tokenizer", "tokenize": "tokenizer",
+    "PromptSet": "prompts", "load_prompt_sets": "prompts", "embed_prompt_sets": "prompts",
+    "zero_shot_probabilities": "prompts",
     "MammoTextd": "transforms", "Tokenized": "transforms", "NON_COLLATABLE_KEYS": "transforms",
 }  # fmt: skip
 

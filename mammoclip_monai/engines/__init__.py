@@ -1,0 +1,30 @@
+"""MONAI/Ignite engines, metrics and handlers for contrastive training and evaluation."""
+
+from .evaluator import ContrastiveEvaluator
+from .handlers import (
+    AtomicCheckpointSaver,
+    EarlyStopping,
+    FinalTestHandler,
+    MetricsJSONWriter,
+    RandomStates,
+    ResumeHandler,
+    TensorBoardImageGrid,
+)
+from .metrics import RetrievalRecall, ZeroShotAUROC, retrieval_metrics, zero_shot_metrics
+from .trainer import ContrastiveTrainer
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "ContrastiveEvaluator",
+    "ContrastiveTrainer",
+    "EarlyStopping",
+    "FinalTestHandler",
+    "MetricsJSONWriter",
+    "RandomStates",
+    "ResumeHandler",
+    "RetrievalRecall",
+    "TensorBoardImageGrid",
+    "ZeroShotAUROC",
+    "retrieval_metrics",
+    "zero_shot_metrics",
+]
