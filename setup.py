@@ -35,6 +35,7 @@ setup(
         "nibabel",
         "tensorboard",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch"],

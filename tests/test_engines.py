@@ -91,6 +91,14 @@ def test_zero_shot_auroc_ignores_unknown_labels_and_averages_tasks():
     assert run_metric(ZeroShotAUROC(["mass", "calcification"]), [out]) == pytest.approx((mass + calc) / 2)
 
 
+def test_class_indices_map_prompt_values_and_mark_others_unknown():
+    from mammoclip_monai.engines.evaluator import class_indices
+
+    birads = torch.tensor([1, 5, 3, 0, -1, 6])
+    assert class_indices(birads, (1, 2, 3, 4, 5)).tolist() == [0, 4, 2, -1, -1, -1]
+    assert class_indices([0, 1, -1], (0, 1)).tolist() == [0, 1, -1]
+
+
 # ----------------------------------------------------------------------------- engines
 @pytest.fixture(scope="module")
 def tiny_model():

@@ -3,7 +3,8 @@
 Prompt embeddings are computed once per run (at ``STARTED``), not per batch: the text tower is
 frozen during evaluation, and a validation pass after each training epoch re-embeds them once with
 the current weights. Each iteration outputs, per sample, the normalised embeddings, the zero-shot
-class probabilities of every prompt set and the labels, which the metrics in
+class probabilities of every prompt set and, per prompt set, the label as an index into its classes
+(-1 when unknown or not one of them), which the metrics in
 :mod:`mammoclip_monai.engines.metrics` accumulate.
 """
 
@@ -19,6 +20,25 @@ from monai.utils.enums import CommonKeys as Keys
 
 from ..text.prompts import PromptSet, embed_prompt_sets, load_prompt_sets, zero_shot_probabilities
 from .trainer import model_inputs, move_to_device
+
+
+def image_paths(batch: Mapping[str, Any], key: str = "image") -> list[str]:
+    """The source file of each image in a collated batch (outputs name images by path, never by patient)."""
+    image = batch.get(key)
+    meta = getattr(image, "meta", None) or {}
+    names = meta.get("filename_or_obj")
+    if names is None:
+        return [""] * (len(image) if image is not None else 0)
+    return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+
+
+def class_indices(labels: Any, values: Sequence[int]) -> torch.Tensor:
+    """Label values -> indices into a prompt set's classes; other values (unknown, -1) -> -1."""
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    out = torch.full_like(labels, -1)
+    for index, value in enumerate(values):
+        out[labels == int(value)] = index
+    return out
 
 
 class ContrastiveEvaluator(SupervisedEvaluator):
@@ -58,6 +78,7 @@ class ContrastiveEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        paths = image_paths(batchdata)
         batch = move_to_device(batchdata, engine.state.device, engine.non_blocking)
         inputs = model_inputs(batch, self.channels_last)
         engine.network.eval()
@@ -77,7 +98,8 @@ class ContrastiveEvaluator(SupervisedEvaluator):
         scale = self.zero_shot_scale if self.zero_shot_scale is not None else float(out["logit_scale"])
         output["zero_shot"] = {name: zero_shot_probabilities(output["image_features"], emb, scale)
                                for name, emb in self.class_embeddings.items()}
-        output["labels"] = {ps.label_key: torch.as_tensor(batch[ps.label_key]).reshape(-1).long()
-                            for ps in self.prompt_sets.values() if ps.label_key in batch}
+        output["image_path"] = paths
+        output["labels"] = {name: class_indices(batch[ps.label_key], ps.values)
+                            for name, ps in self.prompt_sets.items() if ps.label_key in batch}
         engine.state.output = output
         return output

@@ -383,7 +383,9 @@ class FinalTestHandler:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()  # rank 0 may still be writing the best checkpoint
         if self.checkpoint.is_file():
-            model.load_state_dict(torch.load(self.checkpoint, map_location="cpu", weights_only=True))
+            from ..networks.checkpoints import load_weights
+
+            load_weights(model, self.checkpoint)
         else:
             logger.warning("%s not found: testing the last weights", self.checkpoint)
         if self.pretrained_dir is not None and hasattr(model, "save_pretrained"):  # rank 0 only: None elsewhere

@@ -104,19 +104,17 @@ class RetrievalRecall(Metric):
 class ZeroShotAUROC(Metric):
     """Zero-shot AUROC of one prompt set (macro one-vs-rest for more than two classes).
 
-    Reads ``output["zero_shot"][task]`` (class probabilities) and ``output["labels"][label_key]``;
-    samples with an unknown label (-1) are left out. Several tasks give the mean of their AUROCs.
+    Reads ``output["zero_shot"][task]`` (class probabilities) and ``output["labels"][task]``
+    (class indices, as :class:`~mammoclip_monai.engines.evaluator.ContrastiveEvaluator` writes
+    them); samples with an unknown label (-1) are left out. Several tasks give the mean of their
+    AUROCs.
     """
 
     required_output_keys = ("zero_shot", "labels")
 
-    def __init__(self, tasks: str | Sequence[str], label_keys: str | Sequence[str] | None = None,
-                 class_values: Sequence[Sequence[int]] | None = None, output_transform=lambda x: x,
+    def __init__(self, tasks: str | Sequence[str], output_transform=lambda x: x,
                  device: str | torch.device = "cpu") -> None:
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-        keys = self.tasks if label_keys is None else ([label_keys] if isinstance(label_keys, str) else label_keys)
-        self.label_keys = list(keys)
-        self.class_values = [list(v) for v in class_values] if class_values is not None else None
         super().__init__(output_transform=output_transform, device=device)
 
     @reinit__is_reduced
@@ -127,19 +125,19 @@ class ZeroShotAUROC(Metric):
     @reinit__is_reduced
     def update(self, output: tuple[dict, dict]) -> None:
         zero_shot, labels = output
-        for task, key in zip(self.tasks, self.label_keys):
-            if task not in zero_shot or key not in labels:
-                raise KeyError(f"zero-shot task {task!r} or label {key!r} missing from the evaluator output")
+        for task in self.tasks:
+            if task not in zero_shot or task not in labels:
+                raise KeyError(f"zero-shot task {task!r}: no probabilities or no labels in the evaluator output "
+                               "(is its label column in the datalist?)")
             self._probs[task].append(zero_shot[task].detach().float().cpu())
-            self._labels[task].append(labels[key].detach().cpu())
+            self._labels[task].append(labels[task].detach().cpu())
 
     def compute(self) -> float:
         values = []
-        for i, task in enumerate(self.tasks):
+        for task in self.tasks:
             probs, labels = _gather(self._probs[task]).numpy(), _gather(self._labels[task]).numpy()
             known = labels >= 0
-            classes = self.class_values[i] if self.class_values else list(range(probs.shape[1]))
-            values.append(macro_auroc(probs[known], labels[known], classes))
+            values.append(macro_auroc(probs[known], labels[known], list(range(probs.shape[1]))))
         return float(np.mean(values))
 
 

@@ -34,6 +34,7 @@ _EXPORTS = {
     "create_model": "factory",
     "create_model_and_tokenizer": "factory",
     "load_original_mammoclip": "checkpoints",
+    "load_weights": "checkpoints",
     "default_text_model_path": "weights",
     "load_efficientnet_lite0_imagenet": "weights",
     "param_groups": "optim",

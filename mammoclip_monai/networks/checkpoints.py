@@ -323,3 +323,37 @@ def load_original_mammoclip(path: str | os.PathLike, text_model: str | os.PathLi
     epoch = checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
     logger.info("imported original Mammo-CLIP %s checkpoint %s (epoch %s)", variant, path, epoch)
     return model.to(map_location).eval()
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> None:
+    """Load a state-dict checkpoint (``model.pt``) into ``model``, strictly, with ``weights_only=True``.
+
+    A checkpoint written by another preset (or model) is a ``ValueError`` that names the missing,
+    unexpected and mis-shaped keys, instead of PyTorch's wall of text. Accepts a plain state dict
+    or a training checkpoint that holds one under ``"model"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: not a state-dict checkpoint")
+    target = getattr(model, "module", model)
+    expected = target.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mis_shaped:
+        def first(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        parts = [f"{len(missing)} missing key(s): {first(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected key(s): {first(unexpected)}" if unexpected else "",
+                 f"{len(mis_shaped)} shape mismatch(es) (checkpoint vs model): {first(mis_shaped)}" if mis_shaped else ""]
+        preset = getattr(getattr(target, "config", None), "image_model", None)
+        raise ValueError(f"{path} does not fit this model{f' (image model {preset})' if preset else ''}: it was "
+                         f"written by another preset or architecture; " + "; ".join(p for p in parts if p))
+    target.load_state_dict(state, strict=True)

@@ -29,6 +29,13 @@ class PromptSet:
     label_key: str
     values: tuple[int, ...]
     classes: tuple[tuple[str, ...], ...]
+    names: tuple[str, ...] = ()  # display names of the classes (default: the values)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            object.__setattr__(self, "names", tuple(str(v) for v in self.values))
+        if len(self.names) != len(self.values):
+            raise ValueError(f"prompt set {self.name!r}: {len(self.names)} class names for {len(self.values)} classes")
 
     @property
     def is_binary(self) -> bool:
@@ -53,11 +60,13 @@ def load_prompt_sets(path: str | os.PathLike | None = None, tasks: list[str] | t
         try:
             items = sorted((int(value), tuple(str(p) for p in prompts)) for value, prompts in task["classes"].items())
             label_key = str(task["label_key"])
+            display = {int(v): str(n) for v, n in task.get("class_names", {}).items()}
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source}: task {name!r} needs 'label_key' and 'classes' {{value: [prompts]}}") from err
         if len(items) < 2 or any(not prompts for _, prompts in items):
             raise ValueError(f"{source}: task {name!r} needs at least two classes, each with prompts")
-        sets[name] = PromptSet(name, label_key, tuple(v for v, _ in items), tuple(p for _, p in items))
+        sets[name] = PromptSet(name, label_key, tuple(v for v, _ in items), tuple(p for _, p in items),
+                               tuple(display.get(v, str(v)) for v, _ in items))
     if tasks is not None:
         missing = [t for t in tasks if t not in sets]
         if missing:
