@@ -90,6 +90,33 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# ----------------------------------------------------------------------------- data efficiency
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs (values as JSON when they parse, else strings) -> bundle overrides."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_data_efficiency(args: argparse.Namespace) -> int:
+    from mammoclip_monai.evaluation.efficiency import data_efficiency
+
+    configs = Path(args.configs)
+    if not (configs / "linear_probe.json").is_file():
+        raise FileNotFoundError(f"{configs}: no bundle configs here (run from the repository root or pass --configs)")
+    rows = data_efficiency(configs, args.out, tasks=args.tasks, fractions=args.fractions, methods=args.methods,
+                           overrides=parse_overrides(args.set))
+    print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
+    return 0 if rows else 1
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammoclip", description="MammoCLIP-MONAI command line")
@@ -120,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--any-modality", action="store_true")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("data-efficiency", help="linear probe / fine-tuning at 10/50/100 %% of the training patients")
+    p.add_argument("--tasks", nargs="+", default=["mass", "calcification", "density"])
+    p.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.5, 1.0])
+    p.add_argument("--methods", nargs="+", default=["linear_probe", "finetune"], choices=["linear_probe", "finetune"])
+    p.add_argument("--configs", default="bundle/configs", help="the bundle's config folder")
+    p.add_argument("--out", default="bundle/eval/data_efficiency")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="bundle overrides, e.g. probe_epochs=10 ckpt_dir=/models dataset_dir=/data")
+    p.set_defaults(func=cmd_data_efficiency)
     return parser
 
 

@@ -1,8 +1,27 @@
-"""Evaluation: classification metrics, plots and the zero-shot report handler."""
+"""Evaluation: classification metrics, plots, the zero-shot report, linear probe and fine-tuning heads."""
 
-from .metrics import classification_metrics, confusion_matrix, roc_curve, sensitivity_at_specificity
+from .metrics import (
+    ClassificationReport,
+    classification_metrics,
+    confusion_matrix,
+    logits_to_probabilities,
+    roc_curve,
+    sensitivity_at_specificity,
+)
 from .plots import plot_confusion_matrix, plot_roc_curves
+from .probe import (
+    ImageClassifier,
+    class_weights,
+    embed_datalist,
+    embed_images,
+    feature_datalist,
+    image_datalist,
+    positive_weight,
+    probe_loss,
+)
 from .report import ZeroShotReport
 
-__all__ = ["ZeroShotReport", "classification_metrics", "confusion_matrix", "plot_confusion_matrix",
-           "plot_roc_curves", "roc_curve", "sensitivity_at_specificity"]
+__all__ = ["ClassificationReport", "ImageClassifier", "ZeroShotReport", "class_weights", "classification_metrics",
+           "confusion_matrix", "embed_datalist", "embed_images", "feature_datalist", "image_datalist",
+           "logits_to_probabilities", "plot_confusion_matrix", "plot_roc_curves", "positive_weight", "probe_loss",
+           "roc_curve", "sensitivity_at_specificity"]

@@ -10,15 +10,26 @@ warning, never an exception; unknown labels (negative values) are left out.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
 
-from ..engines.metrics import binary_auroc
+from ..engines.metrics import _gather, binary_auroc
 
-__all__ = ["roc_curve", "sensitivity_at_specificity", "confusion_matrix", "classification_metrics"]
+__all__ = ["roc_curve", "sensitivity_at_specificity", "confusion_matrix", "classification_metrics",
+           "logits_to_probabilities", "ClassificationReport"]
+
+
+def metric_name(text: str) -> str:
+    """``"BI-RADS 4"`` -> ``"bi_rads_4"``: class names as metric-key fragments."""
+    return re.sub(r"\W+", "_", str(text)).strip("_").lower()
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,3 +121,56 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
                     if both else math.nan)
     out["confusion_matrix"] = confusion_matrix(predicted, labels, values).tolist()
     return out
+
+
+def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
+    """``(N, 1)`` binary logits -> ``(N, 2)`` probabilities; ``(N, C)`` logits -> softmax."""
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim == 1 or logits.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-logits.reshape(-1)))
+        return np.stack([1.0 - p, p], axis=1)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class ClassificationReport(Metric):
+    """Ignite metric: :func:`classification_metrics` of a classifier's logits over the whole run.
+
+    Reads ``(y_pred, y)`` (MONAI engines' ``pred`` and ``label``): logits ``(B, 1)`` (binary) or
+    ``(B, C)``, targets as :func:`~mammoclip_monai.evaluation.probe.feature_datalist` writes them.
+    ``compute`` returns a dict, which Ignite spreads into ``engine.state.metrics`` as
+    ``{prefix}{key}`` entries (``auroc``, ``balanced_accuracy``, ...). With ``select`` it returns
+    that one value instead (a scalar, as a key metric for model selection must be). Gathered
+    across ranks under DDP.
+    """
+
+    def __init__(self, class_names: Sequence[str] | None = None, specificity: float = 0.9, prefix: str = "",
+                 select: str | None = None, output_transform=lambda x: (x["pred"], x["label"]),
+                 device: str | torch.device = "cpu") -> None:
+        self.select = select
+        self.class_names = None if class_names is None else [metric_name(n) for n in class_names]
+        self.specificity = specificity
+        self.prefix = prefix
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._logits: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    @reinit__is_reduced
+    def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        logits, labels = output
+        logits = torch.as_tensor(logits).detach().float().cpu()
+        self._logits.append(logits.reshape(len(logits), -1))
+        self._labels.append(torch.as_tensor(labels).detach().cpu().reshape(len(logits), -1)[:, 0].long())
+
+    def compute(self) -> dict[str, Any]:
+        if not self._logits:
+            raise NotComputableError("ClassificationReport needs at least one batch")
+        logits, labels = _gather(self._logits).numpy(), _gather(self._labels).numpy()
+        result = classification_metrics(logits_to_probabilities(logits), labels, class_names=self.class_names,
+                                        specificity=self.specificity)
+        if self.select is not None:
+            return float(result[self.select])
+        return {f"{self.prefix}{k}": v for k, v in result.items()}

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,10 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..engines.handlers import _scalar_metrics, atomic_write_text
-from .metrics import classification_metrics
+from .metrics import classification_metrics, metric_name
 from .plots import plot_confusion_matrix, plot_roc_curves
 
 logger = logging.getLogger("mammoclip_monai.evaluation")
-
-
-def metric_name(text: str) -> str:
-    """``"BI-RADS 4"`` -> ``"bi_rads_4"``: class names as metric-key fragments."""
-    return re.sub(r"\W+", "_", text).strip("_").lower()
 
 
 class ZeroShotReport:

@@ -1,0 +1,205 @@
+"""Linear probe and fine-tuning heads on the MammoCLIP image encoder.
+
+:class:`ImageClassifier` puts a linear head on the image encoder's pooled features. With
+``freeze="all"`` (the linear probe) the encoder's parameters take no gradient *and* the encoder
+stays in eval mode whatever ``train()`` is called with, so batch-norm statistics stay fixed and
+dropout is off: the original protocol left them running. ``freeze="none"`` fine-tunes everything,
+``freeze="partial"`` all but the last ``trainable_blocks`` blocks.
+
+Because a frozen encoder maps an image to the same features every epoch, :func:`embed_images`
+computes them once; the head then trains on the cached vectors (:func:`feature_datalist`) in a
+fraction of the time (``scripts/benchmark_probe.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger("mammoclip_monai.evaluation")
+
+FREEZE_MODES = ("all", "partial", "none")
+
+
+def _blocks(encoder: nn.Module) -> list[nn.Module]:
+    """The encoder's sequence of stages (timm ``blocks``; MONAI ``_blocks``), for partial unfreezing."""
+    model = getattr(encoder, "model", encoder)
+    for name in ("blocks", "_blocks", "layers", "stages"):
+        blocks = getattr(model, name, None)
+        if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+            return list(blocks)
+    raise ValueError(f"{type(model).__name__}: no block sequence found for partial unfreezing")
+
+
+class ImageClassifier(nn.Module):
+    """Image encoder (pooled features) + a linear head with ``num_outputs`` logits.
+
+    Args:
+        encoder: an image encoder with ``forward(x) -> (B, feature_dim)`` and ``feature_dim``
+            (``MammoCLIP.image_encoder``).
+        num_outputs: 1 for a binary task (a logit for BCE), the number of classes otherwise.
+        freeze: ``"all"`` (linear probe), ``"partial"`` (last ``trainable_blocks`` blocks train),
+            ``"none"`` (full fine-tuning).
+        dropout: dropout before the head (fine-tuning only; a linear probe has none).
+    """
+
+    def __init__(self, encoder: nn.Module, num_outputs: int = 1, freeze: str = "all", trainable_blocks: int = 1,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if freeze not in FREEZE_MODES:
+            raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {freeze!r}")
+        self.encoder = encoder
+        self.freeze = freeze
+        self.head = nn.Linear(int(encoder.feature_dim), int(num_outputs))
+        self.dropout = nn.Dropout(dropout if freeze != "all" else 0.0)
+        self.frozen_modules: list[nn.Module] = []
+        for p in encoder.parameters():
+            p.requires_grad_(freeze == "none")
+        if freeze in ("all", "partial"):
+            self.frozen_modules = [encoder]
+        if freeze == "partial":
+            blocks = _blocks(encoder)
+            trainable = blocks[-trainable_blocks:] if trainable_blocks > 0 else []
+            for block in trainable:
+                for p in block.parameters():
+                    p.requires_grad_(True)
+            trainable_ids = {id(m) for b in trainable for m in b.modules()}
+            self.frozen_modules = [m for m in encoder.modules()
+                                   if id(m) not in trainable_ids and not list(m.children())]
+        self.train()
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        """Train the head (and unfrozen blocks); frozen parts stay in eval mode (BN fixed, no dropout)."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        if self.freeze == "all":
+            with torch.no_grad():
+                return self.encoder(image)
+        return self.encoder(image)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(image)))
+
+    def param_groups(self, lr: float, encoder_lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
+        """Head at ``lr``, trainable encoder parameters at ``encoder_lr`` (default ``lr / 10``)."""
+        groups = [{"params": list(self.head.parameters()), "lr": lr, "weight_decay": weight_decay}]
+        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
+        if encoder:
+            groups.append({"params": encoder, "lr": lr / 10 if encoder_lr is None else encoder_lr,
+                           "weight_decay": weight_decay})
+        return groups
+
+
+@torch.no_grad()
+def embed_images(encoder: nn.Module, loader: Iterable[Mapping[str, Any]], label_keys: Sequence[str],
+                 device: torch.device | str = "cpu", image_key: str = "image") -> dict[str, np.ndarray]:
+    """Pooled features of every image of ``loader`` with the encoder in eval mode, once.
+
+    Returns ``{"features": (N, D), <label_key>: (N,), "image_path": (N,)}``.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    features, paths = [], []
+    labels: dict[str, list[np.ndarray]] = {k: [] for k in label_keys}
+    for batch in loader:
+        image = batch[image_key]
+        meta = getattr(image, "meta", None) or {}
+        names = meta.get("filename_or_obj", [""] * len(image))
+        paths.extend(str(n) for n in (names if isinstance(names, (list, tuple)) else [names]))
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        features.append(encoder(image.to(device)).float().cpu().numpy())
+        for key in label_keys:
+            if key not in batch:
+                raise KeyError(f"the datalist has no label column {key!r}")
+            labels[key].append(torch.as_tensor(batch[key]).reshape(-1).cpu().numpy())
+    encoder.train(was_training)
+    out = {"features": np.concatenate(features), "image_path": np.asarray(paths)}
+    out.update({k: np.concatenate(v) for k, v in labels.items()})
+    return out
+
+
+def embed_datalist(encoder: nn.Module, items: Sequence[Mapping[str, Any]], transform: Any, label_keys: Sequence[str],
+                   device: torch.device | str = "cpu", batch_size: int = 16, num_workers: int = 0) -> dict[str, np.ndarray]:
+    """:func:`embed_images` over a datalist run through ``transform`` (the deterministic preprocessing)."""
+    from monai.data import DataLoader, Dataset
+
+    if not items:
+        raise ValueError("the datalist to embed is empty")
+    loader = DataLoader(Dataset(list(items), transform), batch_size=batch_size, num_workers=num_workers)
+    return embed_images(encoder, loader, label_keys, device=device)
+
+
+def _target(index: int, binary: bool) -> torch.Tensor:
+    """BCE wants a float ``(1,)`` target, cross-entropy a long scalar."""
+    return torch.tensor([float(index)]) if binary else torch.tensor(index, dtype=torch.long)
+
+
+def feature_datalist(cache: Mapping[str, np.ndarray], label_key: str, values: Sequence[int],
+                     image_key: str = "image") -> list[dict[str, Any]]:
+    """Cached features as a MONAI datalist: ``{"image": (D,) tensor, "label": target, "image_path"}``.
+
+    Labels are mapped to class indices of ``values`` (binary: a float ``(1,)`` target for BCE;
+    more classes: a long index for cross-entropy); items whose label is not one of ``values``
+    (unknown, -1) are left out.
+    """
+    index = {int(v): i for i, v in enumerate(values)}
+    binary = len(values) == 2
+    items = []
+    for i, (vector, label) in enumerate(zip(cache["features"], cache[label_key])):
+        if int(label) not in index:
+            continue
+        items.append({image_key: torch.from_numpy(np.asarray(vector, np.float32)),
+                      "label": _target(index[int(label)], binary), "image_path": str(cache["image_path"][i])})
+    if not items:
+        raise ValueError(f"no item has a known {label_key!r} label among {list(values)}")
+    return items
+
+
+def image_datalist(items: Sequence[Mapping[str, Any]], label_key: str, values: Sequence[int]) -> list[dict[str, Any]]:
+    """Image items for fine-tuning, with ``label`` as :func:`feature_datalist` writes it (unknown left out)."""
+    index = {int(v): i for i, v in enumerate(values)}
+    binary = len(values) == 2
+    out = []
+    for item in items:
+        if label_key not in item:
+            raise KeyError(f"the datalist has no label column {label_key!r}")
+        if int(item[label_key]) in index:
+            out.append({"image": item["image"], "label": _target(index[int(item[label_key])], binary)})
+    if not out:
+        raise ValueError(f"no item has a known {label_key!r} label among {list(values)}")
+    return out
+
+
+def probe_loss(items: Sequence[Mapping[str, Any]], num_classes: int) -> nn.Module:
+    """Class-balanced loss from the training items: BCE with ``pos_weight`` (binary) or weighted CE."""
+    targets = np.asarray([float(torch.as_tensor(item["label"]).reshape(-1)[0]) for item in items])
+    if num_classes == 2:
+        return nn.BCEWithLogitsLoss(pos_weight=positive_weight(targets.astype(int)))
+    return nn.CrossEntropyLoss(weight=class_weights(targets.astype(int), num_classes))
+
+
+def positive_weight(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """``n_negative / n_positive`` of the training labels (BCE ``pos_weight``; unknown -1 ignored)."""
+    labels = np.asarray(labels)
+    labels = labels[labels >= 0]
+    positives = int((labels == 1).sum())
+    if positives == 0:
+        raise ValueError("the training split has no positive sample: the task cannot be learned")
+    return torch.tensor([(len(labels) - positives) / positives], dtype=torch.float32)
+
+
+def class_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights for cross-entropy (mean 1 over the classes present)."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(int((counts > 0).sum()), 1), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
