@@ -25,7 +25,7 @@ def _pyplot():
 def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
                     title: str = "ROC") -> Path:
     """One panel, one line per ``{label: (scores, binary labels)}``; AUROC in the legend."""
-    from .metrics import classification_metrics
+    from ..engines.metrics import binary_auroc
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
@@ -34,8 +34,7 @@ def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
         if truth.all() or not truth.any():
             continue
         fpr, tpr, _ = roc_curve(scores, truth)
-        probs = np.stack([1 - np.asarray(scores), np.asarray(scores)], axis=1)
-        auc = classification_metrics(probs, truth.astype(int))["auroc"]
+        auc = binary_auroc(scores, truth)
         ax.plot(fpr, tpr, lw=1.8, label=f"{label} (AUROC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="0.7", ls="--", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))

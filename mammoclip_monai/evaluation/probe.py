@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engines.evaluator import image_paths
+
 logger = logging.getLogger("mammoclip_monai.evaluation")
 
 FREEZE_MODES = ("all", "partial", "none")
@@ -111,10 +113,8 @@ def embed_images(encoder: nn.Module, loader: Iterable[Mapping[str, Any]], label_
     features, paths = [], []
     labels: dict[str, list[np.ndarray]] = {k: [] for k in label_keys}
     for batch in loader:
+        paths.extend(image_paths(batch, image_key))
         image = batch[image_key]
-        meta = getattr(image, "meta", None) or {}
-        names = meta.get("filename_or_obj", [""] * len(image))
-        paths.extend(str(n) for n in (names if isinstance(names, (list, tuple)) else [names]))
         image = image.as_tensor() if hasattr(image, "as_tensor") else image
         features.append(encoder(image.to(device)).float().cpu().numpy())
         for key in label_keys:
