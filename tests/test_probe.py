@@ -15,6 +15,7 @@ from torch import nn
 from mammoclip_monai.evaluation import (
     ClassificationReport,
     ImageClassifier,
+    breast_mean,
     class_weights,
     feature_datalist,
     image_datalist,
@@ -102,6 +103,29 @@ def test_balanced_losses_and_targets():
         feature_datalist({**cache, "mass": np.array([-1, -1, -1, -1])}, "mass", values=(0, 1))
 
 
+def test_breast_mean_is_the_mean_of_the_views_logits():
+    rng = np.random.default_rng(0)
+    cache = {"features": rng.normal(size=(5, 6)).astype(np.float32), "mass": np.array([0, 1, 0, -1, -1]),
+             "image_path": np.array(["p1_L_cc", "p1_L_mlo", "p1_R_cc", "p2_L_cc", "p2_L_mlo"]),
+             "patient_id": np.array(["p1", "p1", "p1", "p2", "p2"]), "laterality": np.array(["L", "L", "R", "L", "L"])}
+    breasts = breast_mean(cache, ["mass"])
+    assert breasts["patient_id"].tolist() == ["p1", "p1", "p2"] and breasts["laterality"].tolist() == ["L", "R", "L"]
+    assert breasts["mass"].tolist() == [1, 0, -1]  # the positive view wins; unknown stays unknown
+    assert breasts["image_path"][0] == "p1_L_cc;p1_L_mlo"
+    head = nn.Linear(6, 1)
+    with torch.no_grad():
+        per_view = head(torch.from_numpy(cache["features"])).squeeze(1)
+        per_breast = head(torch.from_numpy(breasts["features"])).squeeze(1)
+    assert per_breast[0].item() == pytest.approx(per_view[:2].mean().item(), abs=1e-6)
+    assert per_breast[2].item() == pytest.approx(per_view[3:].mean().item(), abs=1e-6)
+    items = feature_datalist(cache, "mass", (0, 1), aggregate="breast")
+    assert [i["image_path"] for i in items] == ["p1_L_cc;p1_L_mlo", "p1_R_cc"]
+    with pytest.raises(KeyError, match="laterality"):
+        breast_mean({k: v for k, v in cache.items() if k != "laterality"}, ["mass"])
+    with pytest.raises(ValueError, match="aggregate"):
+        feature_datalist(cache, "mass", (0, 1), aggregate="study")
+
+
 def test_classification_report_metric_matches_the_function():
     from ignite.engine import Engine
 
@@ -131,7 +155,7 @@ def test_linear_probe_command(synthetic_dataset, tmp_path):
     before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
     args = ["--dataset_dir", str(synthetic_dataset), "--ckpt_dir", str(tmp_path / "models"),
             "--probe_dir", str(tmp_path / "probe"), "--output_dir", str(tmp_path / "logs"),
-            "--image_size", "[96, 64]", "--probe_epochs", "3", "--probe_task", "density"]
+            "--image_size", "[96, 64]", "--probe_epochs", "3", "--probe_task", "density", "--probe_aggregate", "breast"]
     result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", CONFIGS, *args],
                             cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -139,6 +163,12 @@ def test_linear_probe_command(synthetic_dataset, tmp_path):
     assert [e["epoch"] for e in record["history"]] == [1, 2, 3]
     test = record["test"]
     assert {"test_auroc", "test_balanced_accuracy", "test_accuracy", "test_n"} <= set(test)
+    from mammoclip_monai.data.datalists import image_text_datalist, select_split
+
+    test_items = select_split(image_text_datalist(synthetic_dataset / "image_text.csv",
+                                                  splits=synthetic_dataset / "splits.csv"), "test")
+    breasts = {(i["patient_id"], i["laterality"]) for i in test_items if i["density"] >= 0}
+    assert test["test_n"] == len(breasts) < len(test_items)  # scored per breast, not per view
     assert (tmp_path / "probe" / "head.pt").is_file()
     head = torch.load(tmp_path / "probe" / "head.pt", weights_only=True)
     assert head["weight"].shape == (4, model.image_encoder.feature_dim)
@@ -171,3 +201,40 @@ def test_data_efficiency_command(synthetic_dataset, tmp_path):
     assert "| linear probe | mass |" in (out / "results.md").read_text() and "| finetune | mass |" in result.stdout
     assert (out / "data_efficiency.png").stat().st_size > 1000
     assert (out / "finetune" / "mass_100pct" / "classifier.pt").is_file()
+
+
+def test_probe_features_for_every_dataset_schema(synthetic_dataset, tmp_path):
+    """VinDr-Mammo, CBIS-DDSM and RSNA items (boxes, finding lists, no or two-way splits) all give
+    train / val / test splits by patient and cached probe features."""
+    import csv
+
+    from mammoclip_monai.data import datalists as dl
+    from mammoclip_monai.data.pipelines import preprocessing
+    from mammoclip_monai.evaluation import embed_datalist
+
+    vindr = dl.vindr_datalist(synthetic_dataset)
+    cbis = dl.cbis_ddsm_datalist(sorted(synthetic_dataset.glob("*_case_description_*_set.csv")))
+    rows = []
+    for item in vindr[:12]:
+        target = tmp_path / "train_images" / item["patient_id"] / f"{item['image_id']}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(item["image"])
+        rows.append({"patient_id": item["patient_id"], "image_id": item["image_id"], "laterality": item["laterality"],
+                     "view": item["view"], "cancer": str(max(item["mass"], 0)), "BIRADS": "", "density": ""})
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rsna = dl.rsna_datalist(tmp_path / "train.csv")
+    encoder = create_model("tiny", pretrained=False, image_size=(64, 48)).image_encoder
+    chain = preprocessing(spatial_size=(64, 48))
+    for items, label in ((vindr, "mass"), (cbis, "calcification"), (rsna, "cancer")):
+        split = dl.with_validation(items, 0.2, seed=0)
+        patients = {s: {i["patient_id"] for i in split if i["split"] == s} for s in ("train", "val", "test")}
+        assert all(patients.values()), (items[0]["source"], {k: len(v) for k, v in patients.items()})
+        assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+                    or patients["val"] & patients["test"])
+        train = dl.patient_subset(dl.select_split(split, "train", required=True), 0.5, seed=0)[:4]
+        cache = embed_datalist(encoder, train, chain, [label])
+        assert cache["features"].shape == (len(train), encoder.feature_dim)
+        assert cache["patient_id"].tolist() == [i["patient_id"] for i in train]

@@ -306,6 +306,24 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- splits by patient
+BATCH_KEYS = ("image", "patient_id", "laterality", "view")
+"""Item keys that the preprocessing reads and that collate into batches (boxes and finding lists do not)."""
+
+
+def batchable(items: Iterable[Mapping], label_keys: Sequence[str] = ()) -> list[dict]:
+    """Each item reduced to :data:`BATCH_KEYS` and ``label_keys`` (where present), for a DataLoader.
+
+    Per-item lists of different lengths (VinDr boxes, finding names) cannot be collated; a label
+    column that the datalist lacks is a ``KeyError`` naming it.
+    """
+    items = list(items)
+    missing = [k for k in label_keys if items and k not in items[0]]
+    if missing:
+        raise KeyError(f"the datalist has no label column(s) {missing}")
+    keep = (*BATCH_KEYS, *label_keys)
+    return [{k: item[k] for k in keep if k in item} for item in items]
+
+
 def patients_of(items: Iterable[Mapping]) -> list[str]:
     """Distinct patient keys in first-seen order."""
     return list(dict.fromkeys(item["patient_id"] for item in items))
@@ -345,10 +363,38 @@ def split_by_patient(items: Sequence[Mapping], fractions: Mapping[str, float] | 
     return parts
 
 
-def select_split(items: Iterable[Mapping], split: str | Sequence[str]) -> list[dict]:
-    """Items whose ``split`` is ``split`` (or one of several)."""
+def with_validation(items: Sequence[Mapping], fraction: float = 0.1, seed: int = 0) -> list[dict]:
+    """Items with train / val / test splits, by patient, for any schema.
+
+    Items without a split (RSNA has none) are split by :func:`split_by_patient` (70 / 10 / 20 %);
+    if there is still no validation split (VinDr-Mammo and CBIS-DDSM ship only training and test),
+    ``fraction`` of the training patients become validation patients, seeded. Model selection
+    then never needs the test split. Items that already have a validation split are unchanged.
+    """
+    items = [dict(item) for item in items]
+    if any(not item.get("split") for item in items):
+        parts = split_by_patient(items, seed=seed)
+        items = [item for part in parts.values() for item in part]
+    if any(item.get("split") == "val" for item in items):
+        return items
+    patients = _shuffled_patients([it for it in items if it.get("split") == "train"], seed)
+    if len(patients) < 2:
+        raise DatalistError(f"cannot carve a validation split out of {len(patients)} training patient(s)")
+    chosen = set(patients[:max(1, int(round(fraction * len(patients))))])
+    for item in items:
+        if item.get("split") == "train" and item["patient_id"] in chosen:
+            item["split"] = "val"
+    return items
+
+
+def select_split(items: Iterable[Mapping], split: str | Sequence[str], required: bool = False) -> list[dict]:
+    """Items whose ``split`` is ``split`` (or one of several); ``required`` makes an empty result an error."""
     wanted = {split} if isinstance(split, str) else set(split)
-    return [dict(item) for item in items if item.get("split") in wanted]
+    selected = [dict(item) for item in items if item.get("split") in wanted]
+    if required and not selected:
+        raise DatalistError(f"the datalist has no item in split {sorted(wanted)}: give those patients a split "
+                            "(a splits.csv) or choose another split")
+    return selected
 
 
 def patient_subset(items: Sequence[Mapping], fraction: float, seed: int = 0) -> list[dict]:

@@ -11,6 +11,7 @@ from .metrics import (
 from .plots import plot_confusion_matrix, plot_roc_curves
 from .probe import (
     ImageClassifier,
+    breast_mean,
     class_weights,
     embed_datalist,
     embed_images,
@@ -21,7 +22,7 @@ from .probe import (
 )
 from .report import ZeroShotReport
 
-__all__ = ["ClassificationReport", "ImageClassifier", "ZeroShotReport", "class_weights", "classification_metrics",
-           "confusion_matrix", "embed_datalist", "embed_images", "feature_datalist", "image_datalist",
+__all__ = ["ClassificationReport", "ImageClassifier", "ZeroShotReport", "breast_mean", "class_weights",
+           "classification_metrics", "confusion_matrix", "embed_datalist", "embed_images", "feature_datalist", "image_datalist",
            "logits_to_probabilities", "plot_confusion_matrix", "plot_roc_curves", "positive_weight", "probe_loss",
            "roc_curve", "sensitivity_at_specificity"]

@@ -26,6 +26,8 @@ from ..engines.evaluator import image_paths
 logger = logging.getLogger("mammoclip_monai.evaluation")
 
 FREEZE_MODES = ("all", "partial", "none")
+BREAST_KEYS = ("patient_id", "laterality")
+AGGREGATIONS = ("image", "breast")
 
 
 def _blocks(encoder: nn.Module) -> list[nn.Module]:
@@ -106,14 +108,19 @@ def embed_images(encoder: nn.Module, loader: Iterable[Mapping[str, Any]], label_
                  device: torch.device | str = "cpu", image_key: str = "image") -> dict[str, np.ndarray]:
     """Pooled features of every image of ``loader`` with the encoder in eval mode, once.
 
-    Returns ``{"features": (N, D), <label_key>: (N,), "image_path": (N,)}``.
+    Returns ``{"features": (N, D), <label_key>: (N,), "image_path": (N,)}`` and, where the batches
+    carry them, ``patient_id`` and ``laterality`` (what :func:`breast_mean` groups by).
     """
     was_training = encoder.training
     encoder.eval()
     features, paths = [], []
     labels: dict[str, list[np.ndarray]] = {k: [] for k in label_keys}
+    groups: dict[str, list[str]] = {k: [] for k in BREAST_KEYS}
     for batch in loader:
         paths.extend(image_paths(batch, image_key))
+        for key in BREAST_KEYS:
+            if key in batch:
+                groups[key].extend(str(v) for v in batch[key])
         image = batch[image_key]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image
         features.append(encoder(image.to(device)).float().cpu().numpy())
@@ -124,6 +131,30 @@ def embed_images(encoder: nn.Module, loader: Iterable[Mapping[str, Any]], label_
     encoder.train(was_training)
     out = {"features": np.concatenate(features), "image_path": np.asarray(paths)}
     out.update({k: np.concatenate(v) for k, v in labels.items()})
+    out.update({k: np.asarray(v) for k, v in groups.items() if len(v) == len(paths)})
+    return out
+
+
+def breast_mean(cache: Mapping[str, np.ndarray], label_keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """One row per breast (patient and laterality): the mean feature over its views.
+
+    The RSNA protocol scores a breast by the mean of its views' predictions; for a linear head the
+    mean of the logits *is* the logit of the mean feature, so averaging cached features is exact.
+    A breast's label is the maximum known label over its views (-1 when none is known);
+    ``image_path`` joins the views' paths with ``";"``.
+    """
+    missing = [k for k in BREAST_KEYS if k not in cache]
+    if missing:
+        raise KeyError(f"per-breast aggregation needs {missing} in the cached features (datalist columns)")
+    rows: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(cache["patient_id"], cache["laterality"])):
+        rows.setdefault((str(key[0]), str(key[1])), []).append(i)
+    index = list(rows.values())
+    out = {"features": np.stack([cache["features"][ix].mean(0) for ix in index]),
+           "image_path": np.asarray([";".join(str(cache["image_path"][i]) for i in ix) for ix in index]),
+           "patient_id": np.asarray([k[0] for k in rows]), "laterality": np.asarray([k[1] for k in rows])}
+    for key in label_keys:
+        out[key] = np.asarray([int(np.max(cache[key][ix])) for ix in index])
     return out
 
 
@@ -132,9 +163,12 @@ def embed_datalist(encoder: nn.Module, items: Sequence[Mapping[str, Any]], trans
     """:func:`embed_images` over a datalist run through ``transform`` (the deterministic preprocessing)."""
     from monai.data import DataLoader, Dataset
 
+    from ..data.datalists import batchable
+
     if not items:
         raise ValueError("the datalist to embed is empty")
-    loader = DataLoader(Dataset(list(items), transform), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(Dataset(batchable(items, label_keys), transform), batch_size=batch_size,
+                        num_workers=num_workers)
     return embed_images(encoder, loader, label_keys, device=device)
 
 
@@ -144,13 +178,18 @@ def _target(index: int, binary: bool) -> torch.Tensor:
 
 
 def feature_datalist(cache: Mapping[str, np.ndarray], label_key: str, values: Sequence[int],
-                     image_key: str = "image") -> list[dict[str, Any]]:
+                     image_key: str = "image", aggregate: str = "image") -> list[dict[str, Any]]:
     """Cached features as a MONAI datalist: ``{"image": (D,) tensor, "label": target, "image_path"}``.
 
     Labels are mapped to class indices of ``values`` (binary: a float ``(1,)`` target for BCE;
     more classes: a long index for cross-entropy); items whose label is not one of ``values``
-    (unknown, -1) are left out.
+    (unknown, -1) are left out. ``aggregate="breast"`` gives one item per breast
+    (:func:`breast_mean`).
     """
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    if aggregate == "breast":
+        cache = breast_mean(cache, [label_key])
     index = {int(v): i for i, v in enumerate(values)}
     binary = len(values) == 2
     items = []
@@ -173,7 +212,8 @@ def image_datalist(items: Sequence[Mapping[str, Any]], label_key: str, values: S
         if label_key not in item:
             raise KeyError(f"the datalist has no label column {label_key!r}")
         if int(item[label_key]) in index:
-            out.append({"image": item["image"], "label": _target(index[int(item[label_key])], binary)})
+            out.append({"image": item["image"], "laterality": item.get("laterality", ""), "view": item.get("view", ""),
+                        "label": _target(index[int(item[label_key])], binary)})
     if not out:
         raise ValueError(f"no item has a known {label_key!r} label among {list(values)}")
     return out
