@@ -117,6 +117,26 @@ def cmd_data_efficiency(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+# ----------------------------------------------------------------------------- explain
+def cmd_explain(args: argparse.Namespace) -> int:
+    """FActOR probabilities, heatmaps, boxes and overlays; unreadable files are reported, the rest processed."""
+    from mammoclip_monai.interpret.explain import Explainer
+    from mammoclip_monai.networks import MammoCLIP
+
+    files = expand_inputs(args.inputs)
+    if not files:
+        raise FileNotFoundError(f"no image files in {args.inputs}")
+    model = MammoCLIP.from_pretrained(args.model)
+    explainer = Explainer(model, args.factor, layer=args.layer, top_k=args.top_k, threshold=args.threshold,
+                          allow_any_modality=args.any_modality)
+    summary = explainer.explain(files, args.out, overlays=not args.no_overlays, progress=not args.quiet)
+    print(f"explained {len(summary['images'])} image(s) into {args.out}"
+          + (f"; {len(summary['errors'])} file(s) failed:" if summary["errors"] else ""))
+    for error in summary["errors"]:
+        print(f"  {error['image']}: {error['error']}")
+    return 1 if summary["errors"] else 0
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammoclip", description="MammoCLIP-MONAI command line")
@@ -157,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="bundle overrides, e.g. probe_epochs=10 ckpt_dir=/models dataset_dir=/data")
     p.set_defaults(func=cmd_data_efficiency)
+
+    p = sub.add_parser("explain", help="Mammo-FActOR heatmaps, boxes and overlays for files or folders")
+    p.add_argument("inputs", nargs="+", help="DICOM/PNG files or folders")
+    p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
+    p.add_argument("--factor", default="bundle/eval/factor/factor.pt", help="FActOR weights (factor.json writes them)")
+    p.add_argument("--out", default="explanations", help="output folder")
+    p.add_argument("--layer", default=None, help="encoder layer FActOR was trained on (default: last feature map)")
+    p.add_argument("--top-k", type=int, default=5, help="neurons in each heatmap")
+    p.add_argument("--threshold", type=float, default=0.5, help="box threshold, a fraction of the heatmap peak")
+    p.add_argument("--no-overlays", action="store_true", help="JSON and neuron table only")
+    p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 

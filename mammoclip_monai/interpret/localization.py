@@ -1,0 +1,187 @@
+"""Localisation evaluation: do an attribute's heatmap and boxes land on the annotated finding?
+
+Per image with the attribute and at least one ground-truth box of it (original file pixels):
+the best-scored predicted box's IoU with the nearest ground-truth box (hit at IoU 0.25 and 0.5,
+mean IoU) and the pointing game (the heatmap's peak inside a ground-truth box). FActOR, Grad-CAM
+and CAM run on the same images with the same box extraction, so the table compares maps only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.geometry import as_boxes, box_iou
+from .heatmaps import cam_map, factor_heatmap, gradcam_map, heatmap_boxes, to_original
+
+logger = logging.getLogger("mammoclip_monai.interpret")
+
+__all__ = ["METHODS", "best_box_iou", "pointing_hit", "summarize", "ground_truth_boxes", "LocalizationEvaluator",
+           "write_localization_table"]
+
+METHODS = ("factor", "gradcam", "cam")
+METHOD_NAMES = {"factor": "Mammo-FActOR", "gradcam": "Grad-CAM", "cam": "CAM"}
+
+
+def best_box_iou(pred_boxes: Any, gt_boxes: Any) -> float:
+    """IoU of the first (best-scored) predicted box with the ground-truth box it overlaps most; 0 without one."""
+    pred, gt = as_boxes(pred_boxes), as_boxes(gt_boxes)
+    if len(pred) == 0 or len(gt) == 0:
+        return 0.0
+    return float(box_iou(pred[:1], gt).max())
+
+
+def pointing_hit(heatmap: torch.Tensor | np.ndarray, gt_boxes: Any) -> bool:
+    """True when the heatmap's maximum (pixel centre) falls inside a ground-truth box (a flat zero map misses)."""
+    heat = heatmap.detach().cpu().numpy() if isinstance(heatmap, torch.Tensor) else np.asarray(heatmap)
+    if heat.size == 0 or float(heat.max()) <= 0:
+        return False
+    row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    x, y = col + 0.5, row + 0.5
+    gt = as_boxes(gt_boxes)
+    return bool(((gt[:, 0] <= x) & (x <= gt[:, 2]) & (gt[:, 1] <= y) & (y <= gt[:, 3])).any())
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Hit rates at IoU 0.25 / 0.5, mean IoU and pointing-game accuracy of per-image records."""
+    ious = np.asarray([r["iou"] for r in records], np.float64)
+    points = np.asarray([r["pointing"] for r in records], np.float64)
+    if len(records) == 0:
+        return {"n": 0, "iou@0.25": math.nan, "iou@0.5": math.nan, "mean_iou": math.nan, "pointing_game": math.nan}
+    return {"n": len(records), "iou@0.25": float((ious >= 0.25).mean()), "iou@0.5": float((ious >= 0.5).mean()),
+            "mean_iou": float(ious.mean()), "pointing_game": float(points.mean())}
+
+
+def ground_truth_boxes(item: Mapping[str, Any], finding_names: Sequence[str]) -> np.ndarray:
+    """The item's boxes (original pixels) whose category is one of ``finding_names`` (case-insensitive)."""
+    wanted = {n.lower() for n in finding_names}
+    boxes = as_boxes(item.get("boxes", np.zeros((0, 4))))
+    labels = [str(label).lower() for label in item.get("box_labels", [])]
+    keep = [i for i, label in enumerate(labels) if label in wanted]
+    return boxes[keep] if keep else np.zeros((0, 4), np.float32)
+
+
+class LocalizationEvaluator:
+    """Heatmaps, boxes and localisation metrics of FActOR and the baselines for one model.
+
+    Args:
+        model: the MammoCLIP model (its image encoder is what every method reads).
+        factor: a trained :class:`~mammoclip_monai.interpret.factor.FActOR`.
+        extractor: the :class:`~mammoclip_monai.interpret.features.FeatureMapExtractor` FActOR was trained on.
+        preprocessing: the deterministic preprocessing (path -> network input with a geometry trace).
+        findings: ``{attribute: [finding category names]}`` of the ground-truth boxes.
+        label_keys: ``{attribute: datalist label column}`` (default: the attribute name).
+        top_k / threshold / max_boxes: heatmap and box settings (:func:`factor_heatmap`, :func:`heatmap_boxes`).
+    """
+
+    def __init__(self, model: torch.nn.Module, factor: torch.nn.Module, extractor: torch.nn.Module, preprocessing: Any,
+                 findings: Mapping[str, Sequence[str]], label_keys: Mapping[str, str] | None = None,
+                 methods: Sequence[str] = METHODS, top_k: int = 5, threshold: float = 0.5, max_boxes: int = 3,
+                 device: torch.device | str = "cpu") -> None:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown localisation method(s) {unknown}; choose from {list(METHODS)}")
+        missing = [a for a in factor.attributes if a not in findings]
+        if missing:
+            raise KeyError(f"no ground-truth finding names for attribute(s) {missing}")
+        self.model, self.factor, self.extractor = model, factor, extractor
+        self.preprocessing = preprocessing
+        self.findings = {a: list(findings[a]) for a in factor.attributes}
+        self.label_keys = {a: (label_keys or {}).get(a, a) for a in factor.attributes}
+        self.methods = tuple(methods)
+        self.top_k, self.threshold, self.max_boxes = int(top_k), float(threshold), int(max_boxes)
+        self.device = torch.device(device)
+
+    def maps(self, image: torch.Tensor, attribute: str) -> dict[str, torch.Tensor]:
+        """``{method: (h, w) map}`` for one preprocessed image ``(1, H, W)`` and one attribute."""
+        a = self.factor.attributes.index(attribute)
+        x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].to(self.device)
+        out = {}
+        with torch.no_grad():
+            fmap = self.extractor(x)
+            scores = self.factor.neuron_scores(fmap)[0, a]
+        if "factor" in self.methods:
+            out["factor"] = factor_heatmap(fmap[0], scores, self.top_k)[0]
+        embeddings = self.factor.attribute_embeddings[a]
+        if "gradcam" in self.methods:
+            out["gradcam"] = gradcam_map(self.model, embeddings, x, self.extractor.layer)[0]
+        if "cam" in self.methods:
+            out["cam"] = cam_map(self.model, embeddings, x, self.extractor.layer)[0]
+        return out
+
+    def evaluate(self, items: Sequence[Mapping[str, Any]], overlay_dir: str | os.PathLike | None = None,
+                 max_overlays: int = 4) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Evaluate on the items that have each attribute and a box of it.
+
+        Returns ``(summary rows, per-image rows)``; writes up to ``max_overlays`` overlay PNGs per
+        attribute into ``overlay_dir``.
+        """
+        from .overlay import save_comparison_overlay
+
+        per_image: list[dict[str, Any]] = []
+        for attribute in self.factor.attributes:
+            chosen = [(item, ground_truth_boxes(item, self.findings[attribute])) for item in items
+                      if int(item.get(self.label_keys[attribute], -1)) == 1]
+            chosen = [(item, gt) for item, gt in chosen if len(gt)]
+            logger.info("localisation of %s: %d images with a box", attribute, len(chosen))
+            for n, (item, gt) in enumerate(chosen):
+                data = self.preprocessing(dict(item))
+                image = data["image"]
+                panels = {}
+                for method, fmap in self.maps(image, attribute).items():
+                    heat = to_original(fmap.cpu(), image)
+                    boxes, scores = heatmap_boxes(heat, self.threshold, self.max_boxes)
+                    record = {"image": str(item["image"]), "attribute": attribute, "method": method,
+                              "iou": best_box_iou(boxes, gt), "pointing": pointing_hit(heat, gt),
+                              "box": boxes[0].round(1).tolist() if len(boxes) else []}
+                    per_image.append(record)
+                    panels[method] = (heat, boxes, scores)
+                if overlay_dir is not None and n < max_overlays:
+                    name = f"{attribute}_{n:02d}.png"
+                    save_comparison_overlay(Path(overlay_dir) / name, str(item["image"]), panels, gt,
+                                            title=f"{attribute}: {Path(str(item['image'])).name}",
+                                            method_names=METHOD_NAMES)
+        summary = []
+        for attribute in self.factor.attributes:
+            for method in self.methods:
+                rows = [r for r in per_image if r["attribute"] == attribute and r["method"] == method]
+                summary.append({"attribute": attribute, "method": method, **summarize(rows)})
+        return summary, per_image
+
+
+def write_localization_table(summary: Sequence[Mapping[str, Any]], per_image: Sequence[Mapping[str, Any]],
+                             out_dir: str | os.PathLike) -> Path:
+    """``localization.json`` / ``.csv`` / ``.md`` (one table) and ``localization_per_image.csv``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["attribute", "method", "n", "iou@0.25", "iou@0.5", "mean_iou", "pointing_game"]
+    (out / "localization.json").write_text(json.dumps(list(summary), indent=2) + "\n", encoding="utf-8")
+    with open(out / "localization.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(summary)
+    with open(out / "localization_per_image.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "attribute", "method", "iou", "pointing", "box"])
+        writer.writeheader()
+        writer.writerows({**r, "box": " ".join(str(v) for v in r["box"])} for r in per_image)
+
+    def cell(value: float) -> str:
+        return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+
+    lines = ["| attribute | method | images | IoU@0.25 hit | IoU@0.5 hit | mean IoU | pointing game |",
+             "|---|---|---|---|---|---|---|"]
+    for row in summary:
+        lines.append(f"| {row['attribute']} | {METHOD_NAMES.get(row['method'], row['method'])} | {row['n']} | "
+                     + " | ".join(cell(row[c]) for c in columns[3:]) + " |")
+    path = out / "localization.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
