@@ -190,3 +190,18 @@ def test_patient_subsets_are_nested_and_by_patient():
     assert len(p10) == 4 and len(p50) == 20 and p10 <= p50
     assert len(ten) == 4 * 4  # every image of a chosen patient comes along
     assert set(dl.patients_of(dl.patient_subset(items, 0.1, seed=8))) != p10
+
+
+def test_cbis_boxes_come_from_the_roi_masks(synthetic_dataset):
+    import csv
+
+    from mammoclip_monai.data.geometry import box_iou
+
+    items = dl.with_mask_boxes(dl.cbis_ddsm_datalist(sorted(synthetic_dataset.glob("*_case_description_*_set.csv"))))
+    truth: dict[str, list[list[float]]] = {}
+    for row in csv.DictReader(open(synthetic_dataset / "truth_findings.csv")):
+        truth.setdefault(row["image_id"], []).append([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
+    with_boxes = [it for it in items if len(it["boxes"])]
+    assert with_boxes and all(len(it["boxes"]) == len(it["box_labels"]) == len(it["roi_masks"]) for it in with_boxes)
+    for item in with_boxes:  # every mask box matches a rendered finding of that image
+        assert box_iou(item["boxes"], truth[item["image_id"]]).max(axis=1).min() > 0.5

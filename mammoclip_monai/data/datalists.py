@@ -305,6 +305,50 @@ def mask_box(mask: np.ndarray) -> np.ndarray:
     return np.array([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], np.float32)
 
 
+def _stored_shape(path: str) -> tuple[int, int]:
+    """``(rows, columns)`` of an image file from its header, without decoding the pixels."""
+    import pydicom
+    from PIL import Image
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    except (pydicom.errors.InvalidDicomError, AttributeError):
+        with Image.open(path) as img:
+            return img.height, img.width
+
+
+def with_mask_boxes(items: Sequence[Mapping]) -> list[dict]:
+    """CBIS-DDSM items with ``boxes`` read from their ROI masks (one box per mask, in ``box_labels`` order).
+
+    A mask whose size differs from its image (a known CBIS-DDSM defect) has its box scaled to the
+    image; an empty mask is an error naming the file. Items without ``roi_masks`` are unchanged.
+    """
+    from .reader import read_mammogram
+
+    out = []
+    for item in items:
+        item = dict(item)
+        masks = item.get("roi_masks") or []
+        if masks:
+            image_shape = None
+            boxes = []
+            for mask_path in masks:
+                mask, _ = read_mammogram(mask_path, voi="minmax", allow_any_modality=True)
+                box = mask_box(mask > 0.5)
+                if len(box) == 0:
+                    raise DatalistError(f"{mask_path}: the ROI mask is empty")
+                if image_shape is None:
+                    image_shape = _stored_shape(item["image"])
+                if mask.shape != image_shape:
+                    box = box * np.asarray([image_shape[1] / mask.shape[1], image_shape[0] / mask.shape[0]] * 2,
+                                           np.float32)
+                boxes.append(box[0])
+            item["boxes"] = np.asarray(boxes, np.float32).reshape(-1, 4)
+        out.append(item)
+    return out
+
+
 # ----------------------------------------------------------------------------- splits by patient
 BATCH_KEYS = ("image", "patient_id", "laterality", "view")
 """Item keys that the preprocessing reads and that collate into batches (boxes and finding lists do not)."""
