@@ -159,7 +159,7 @@ def _mass_case(dataset):
         ops = {t["extra_info"][GEOMETRY_KEY]["op"]: t["extra_info"][GEOMETRY_KEY] for t in image.applied_operations}
         if ops["hflip"]["flipped"]:
             return image, gt, ops
-    pytest.skip("no mirrored mass image in the synthetic set")  # pragma: no cover
+    raise AssertionError("the synthetic set has no mirrored mass image: the flip cannot be tested")
 
 
 def test_heatmap_mapped_back_lands_on_the_lesion_through_flip_crop_and_resize(synthetic_dataset):

@@ -124,6 +124,8 @@ def test_breast_mean_is_the_mean_of_the_views_logits():
         breast_mean({k: v for k, v in cache.items() if k != "laterality"}, ["mass"])
     with pytest.raises(ValueError, match="aggregate"):
         feature_datalist(cache, "mass", (0, 1), aggregate="study")
+    with pytest.raises(ValueError, match="fine-tuning scores each image"):
+        image_datalist([{"image": "x.dcm", "mass": 1}], "mass", (0, 1), aggregate="breast")
 
 
 def test_classification_report_metric_matches_the_function():

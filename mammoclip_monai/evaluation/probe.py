@@ -203,8 +203,15 @@ def feature_datalist(cache: Mapping[str, np.ndarray], label_key: str, values: Se
     return items
 
 
-def image_datalist(items: Sequence[Mapping[str, Any]], label_key: str, values: Sequence[int]) -> list[dict[str, Any]]:
-    """Image items for fine-tuning, with ``label`` as :func:`feature_datalist` writes it (unknown left out)."""
+def image_datalist(items: Sequence[Mapping[str, Any]], label_key: str, values: Sequence[int],
+                   aggregate: str = "image") -> list[dict[str, Any]]:
+    """Image items for fine-tuning, with ``label`` as :func:`feature_datalist` writes it (unknown left out).
+
+    Fine-tuning scores images: ``aggregate="breast"`` is an error rather than silently ignored.
+    """
+    if aggregate != "image":
+        raise ValueError(f"aggregate={aggregate!r}: per-breast scoring works on cached features (the linear "
+                         "probe); fine-tuning scores each image")
     index = {int(v): i for i, v in enumerate(values)}
     binary = len(values) == 2
     out = []

@@ -101,26 +101,31 @@ class LocalizationEvaluator:
         self.top_k, self.threshold, self.max_boxes = int(top_k), float(threshold), int(max_boxes)
         self.device = torch.device(device)
 
-    def maps(self, image: torch.Tensor, attribute: str) -> dict[str, torch.Tensor]:
-        """``{method: (h, w) map}`` for one preprocessed image ``(1, H, W)`` and one attribute."""
-        a = self.factor.attributes.index(attribute)
+    def maps(self, image: torch.Tensor, attributes: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """``{attribute: {method: (h, w) map}}`` for one preprocessed image ``(1, H, W)``.
+
+        The feature map and the FActOR scores are computed once for all attributes.
+        """
         x = torch.as_tensor(image.as_tensor() if hasattr(image, "as_tensor") else image)[None].to(self.device)
-        out = {}
         with torch.no_grad():
             fmap = self.extractor(x)
-            scores = self.factor.neuron_scores(fmap)[0, a]
-        if "factor" in self.methods:
-            out["factor"] = factor_heatmap(fmap[0], scores, self.top_k)[0]
-        embeddings = self.factor.attribute_embeddings[a]
-        if "gradcam" in self.methods:
-            out["gradcam"] = gradcam_map(self.model, embeddings, x, self.extractor.layer)[0]
-        if "cam" in self.methods:
-            out["cam"] = cam_map(self.model, embeddings, x, self.extractor.layer)[0]
+            scores = self.factor.neuron_scores(fmap)[0]  # (A, C)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for attribute in attributes:
+            a = self.factor.attributes.index(attribute)
+            embeddings = self.factor.attribute_embeddings[a]
+            maps = out[attribute] = {}
+            if "factor" in self.methods:
+                maps["factor"] = factor_heatmap(fmap[0], scores[a], self.top_k)[0]
+            if "gradcam" in self.methods:
+                maps["gradcam"] = gradcam_map(self.model, embeddings, x, self.extractor.layer)[0]
+            if "cam" in self.methods:
+                maps["cam"] = cam_map(self.model, embeddings, x, self.extractor.layer)[0]
         return out
 
     def evaluate(self, items: Sequence[Mapping[str, Any]], overlay_dir: str | os.PathLike | None = None,
                  max_overlays: int = 4) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Evaluate on the items that have each attribute and a box of it.
+        """Evaluate on the items that have an attribute and a box of it (each image preprocessed once).
 
         Returns ``(summary rows, per-image rows)``; writes up to ``max_overlays`` overlay PNGs per
         attribute into ``overlay_dir``.
@@ -128,28 +133,33 @@ class LocalizationEvaluator:
         from .overlay import save_comparison_overlay
 
         per_image: list[dict[str, Any]] = []
-        for attribute in self.factor.attributes:
-            chosen = [(item, ground_truth_boxes(item, self.findings[attribute])) for item in items
-                      if int(item.get(self.label_keys[attribute], -1)) == 1]
-            chosen = [(item, gt) for item, gt in chosen if len(gt)]
-            logger.info("localisation of %s: %d images with a box", attribute, len(chosen))
-            for n, (item, gt) in enumerate(chosen):
-                data = self.preprocessing(dict(item))
-                image = data["image"]
+        overlays = dict.fromkeys(self.factor.attributes, 0)
+        for item in items:
+            truth = {a: ground_truth_boxes(item, self.findings[a]) for a in self.factor.attributes
+                     if int(item.get(self.label_keys[a], -1)) == 1}
+            truth = {a: gt for a, gt in truth.items() if len(gt)}
+            if not truth:
+                continue
+            image = self.preprocessing(dict(item))["image"]
+            for attribute, maps in self.maps(image, list(truth)).items():
+                gt = truth[attribute]
                 panels = {}
-                for method, fmap in self.maps(image, attribute).items():
+                for method, fmap in maps.items():
                     heat = to_original(fmap.cpu(), image)
                     boxes, scores = heatmap_boxes(heat, self.threshold, self.max_boxes)
-                    record = {"image": str(item["image"]), "attribute": attribute, "method": method,
-                              "iou": best_box_iou(boxes, gt), "pointing": pointing_hit(heat, gt),
-                              "box": boxes[0].round(1).tolist() if len(boxes) else []}
-                    per_image.append(record)
+                    per_image.append({"image": str(item["image"]), "attribute": attribute, "method": method,
+                                      "iou": best_box_iou(boxes, gt), "pointing": pointing_hit(heat, gt),
+                                      "box": boxes[0].round(1).tolist() if len(boxes) else []})
                     panels[method] = (heat, boxes, scores)
-                if overlay_dir is not None and n < max_overlays:
-                    name = f"{attribute}_{n:02d}.png"
+                if overlay_dir is not None and overlays[attribute] < max_overlays:
+                    name = f"{attribute}_{overlays[attribute]:02d}.png"
+                    overlays[attribute] += 1
                     save_comparison_overlay(Path(overlay_dir) / name, str(item["image"]), panels, gt,
                                             title=f"{attribute}: {Path(str(item['image'])).name}",
                                             method_names=METHOD_NAMES)
+        for attribute in self.factor.attributes:
+            logger.info("localisation of %s: %d images with a box", attribute,
+                        sum(1 for r in per_image if r["attribute"] == attribute and r["method"] == self.methods[0]))
         summary = []
         for attribute in self.factor.attributes:
             for method in self.methods:
