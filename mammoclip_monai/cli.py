@@ -11,22 +11,14 @@ from pathlib import Path
 
 logger = logging.getLogger("mammoclip_monai.cli")
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ""}
-
-
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
     """Files as given, folders walked recursively for DICOM/PNG/JPEG/TIFF files (sorted)."""
-    files: list[Path] = []
-    for entry in inputs:
-        path = Path(entry)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not p.name.startswith(".")))
-        elif path.exists():
-            files.append(path)
-        else:
-            raise SystemExit(f"mammoclip: {path}: no such file or folder")
-    return files
+    from mammoclip_monai.inference.data import find_image_files
+
+    try:
+        return find_image_files(list(inputs))
+    except FileNotFoundError as err:
+        raise SystemExit(f"mammoclip: {err}") from err
 
 
 # ----------------------------------------------------------------------------- synth
@@ -137,6 +129,81 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if summary["errors"] else 0
 
 
+# ----------------------------------------------------------------------------- predict / embed / export
+def _load_prompts(path: str | None) -> dict | None:
+    """A prompt file: ``{"mass": ["no mass", "mass"], ...}`` or the packaged format (``{"tasks": ...}``)."""
+    if path is None:
+        return None
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "tasks" in data:
+        from mammoclip_monai.text.prompts import load_prompt_sets
+
+        return {name: list(s.classes) for name, s in load_prompt_sets(path).items()}
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: a prompt file maps names to class prompts, e.g. {{\"mass\": [\"no mass\", \"mass\"]}}")
+    return data
+
+
+def _predictor(args: argparse.Namespace):
+    from mammoclip_monai.inference import Predictor
+
+    return Predictor.from_pretrained(args.model, prompts=_load_prompts(getattr(args, "prompts", None)),
+                                     batch_size=args.batch_size, allow_any_modality=args.any_modality)
+
+
+def _report_failures(done: str, errors: list[dict]) -> int:
+    print(done + (f"; {len(errors)} file(s) could not be read:" if errors else ""))
+    for error in errors:
+        print(f"  {error['file']}: {error['error']}")
+    return 1 if errors else 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Zero-shot probabilities per file -> predictions.csv / .json; unreadable files are reported."""
+    from mammoclip_monai.inference import write_predictions
+
+    predictor = _predictor(args)
+    rows, errors = predictor.predict_many(args.inputs, progress=not args.quiet)
+    names = predictor.classifier().output_names
+    paths = write_predictions(rows, errors, args.out, names)
+    return _report_failures(f"wrote {len(rows)} prediction(s) to {paths['csv']}", errors)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Image embeddings -> embeddings.npy (N, D) + index.csv (row -> file) + errors in index.json."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from mammoclip_monai.engines.handlers import atomic_write_text
+
+    vectors, rows, errors = _predictor(args).embed(args.inputs, progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".embeddings.npy.tmp"
+    with tmp.open("wb") as handle:
+        np.save(handle, vectors)
+    tmp.replace(out / "embeddings.npy")
+    index = io.StringIO()
+    writer = csv.writer(index, lineterminator="\n")
+    writer.writerow(["row", "file", "image_hash", "laterality", "view"])
+    writer.writerows([i, row["file"], row["image_hash"], row["laterality"], row["view"]] for i, row in enumerate(rows))
+    atomic_write_text(index.getvalue(), out / "index.csv")
+    atomic_write_text(json.dumps({"shape": list(vectors.shape), "errors": errors}, indent=1) + "\n", out / "index.json")
+    return _report_failures(f"wrote {vectors.shape[0]} embedding(s) of dimension {vectors.shape[1]} to {out}", errors)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The text tower as traced TorchScript (+ tokenizer) and the image tower as ONNX, with parity figures."""
+    from mammoclip_monai.export import export_towers
+    from mammoclip_monai.networks import MammoCLIP
+
+    summary = export_towers(MammoCLIP.from_pretrained(args.model), args.out, onnx=not args.no_onnx)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mammoclip", description="MammoCLIP-MONAI command line")
@@ -190,6 +257,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explain)
+
+    for name, help_text in (("predict", "zero-shot probabilities for files, folders or a CSV -> predictions.csv"),
+                            ("embed", "image embeddings -> embeddings.npy + index.csv")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("inputs", nargs="+", help="DICOM/PNG files, folders, or a CSV with an 'image' column")
+        p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
+        if name == "predict":
+            p.add_argument("--prompts", default=None,
+                           help='JSON file {"mass": ["no mass", "mass"], ...} (default: mass, calcification, density)')
+        p.add_argument("--out", default=name + ("ions" if name == "predict" else "dings"), help="output folder")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=cmd_predict if name == "predict" else cmd_embed)
+
+    p = sub.add_parser("export", help="text tower -> TorchScript (traced), image tower -> ONNX, with parity checks")
+    p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
+    p.add_argument("--out", default="bundle/models/export", help="output folder")
+    p.add_argument("--no-onnx", action="store_true", help="skip ONNX (it needs the onnx extra)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -38,6 +38,7 @@ _EXPORTS = {
     "default_text_model_path": "weights",
     "load_efficientnet_lite0_imagenet": "weights",
     "param_groups": "optim",
+    "ZeroShotClassifier": "zero_shot",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -73,14 +73,16 @@ def fold_stem_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
 
 def _check_channels(x: torch.Tensor, in_chans: int) -> None:
-    """Fail early with a readable message instead of a convolution shape error deep inside."""
-    if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(
-            f"expected an image batch of shape (B, {in_chans}, H, W), got {tuple(x.shape)}; "
-            "mammograms are single-channel: feed (B, 1, H, W) and let the folded stem do the rest"
-            if in_chans == 1 else
-            f"expected an image batch of shape (B, {in_chans}, H, W), got {tuple(x.shape)}"
-        )
+    """Fail early with a readable message instead of a convolution shape error deep inside.
+
+    Written to compile under TorchScript (the exported image tower keeps this check).
+    """
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        hint = ""
+        if in_chans == 1:
+            hint = "; mammograms are single-channel: feed (B, 1, H, W) and let the folded stem do the rest"
+        raise ValueError("expected an image batch of shape (B, " + str(in_chans) + ", H, W), got "
+                         + str(list(x.shape)) + hint)
 
 
 def pool_hidden_states(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -123,6 +125,8 @@ class ImageEncoder(nn.Module):
         grad_checkpointing: trade compute for memory at full mammogram resolution.
         **timm_kwargs: passed to ``timm.create_model``.
     """
+
+    __jit_unused_properties__ = ["stem"]  # TorchScript export compiles the forward, not this helper
 
     def __init__(self, model_name: str = "tf_efficientnet_lite0", in_chans: int = 1, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, pretrained: bool = False, grad_checkpointing: bool = False,

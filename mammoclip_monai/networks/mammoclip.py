@@ -256,6 +256,23 @@ class MammoCLIP(nn.Module):
             out["text_features2"] = self.encode_text(input_ids2, attention_mask2, normalize=True)
         return out
 
+    # -- inference ----------------------------------------------------------------------------------
+
+    def predict(self, image: Any, prompts: dict[str, list[Any]] | None = None) -> Any:
+        """Zero-shot probabilities for a file (DICOM/PNG/...) or a preprocessed batch.
+
+        ``model.predict("x.dcm", prompts={"mass": ["no mass", "mass"]})`` -> ``{"mass": 0.83}``; without
+        ``prompts``, the packaged mass / calcification / density prompt sets. Prompt embeddings are
+        computed once per prompt dictionary. For folders, CSVs and bad-file reports use
+        :class:`mammoclip_monai.inference.Predictor`.
+        """
+        from ..inference.predictor import Predictor
+
+        predictor = self.__dict__.get("_predictor")
+        if predictor is None:
+            predictor = self.__dict__["_predictor"] = Predictor(self, device=next(self.parameters()).device)
+        return predictor.predict(image, prompts)
+
     # -- persistence ------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

@@ -1,0 +1,5 @@
+"""Inference tasks of the MammoCLIP MONAI Label app."""
+
+from .classification import MammoClipClassification
+
+__all__ = ["MammoClipClassification"]

@@ -1,0 +1,191 @@
+"""Deployment paths: the single-input zero-shot network, bundle inference and export, the Python API and CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mammoclip_monai.networks import ZeroShotClassifier, create_model
+from mammoclip_monai.text.prompts import embed_prompt_sets, load_prompt_sets, zero_shot_probabilities
+
+REPO = Path(__file__).resolve().parents[1]
+FULL_SIZE = (448, 288)  # the default preset's input: exports are checked at the size they serve
+
+
+def _bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny MammoCLIP with random (seeded) weights standing in for a trained one: ``model.pt`` + ``pretrained/``."""
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, image_size=FULL_SIZE).eval()
+    torch.save(model.state_dict(), root / "model.pt")
+    model.save_pretrained(root / "pretrained")
+    return root, model
+
+
+@pytest.fixture(scope="module")
+def images(synthetic_dataset, tmp_path_factory):
+    """Three synthetic MG DICOMs and one corrupt file."""
+    folder = tmp_path_factory.mktemp("images")
+    for source in sorted((synthetic_dataset / "images").rglob("*.dicom"))[:3]:
+        shutil.copy(source, folder / source.name)
+    (folder / "broken.dcm").write_bytes(b"DICM but not really")
+    return folder
+
+
+def test_zero_shot_classifier_loads_the_training_checkpoint_and_matches_the_evaluation_rule(trained):
+    root, model = trained
+    torch.manual_seed(1)
+    other = create_model("tiny", pretrained=False, image_size=FULL_SIZE).eval()  # different weights everywhere
+    classifier = ZeroShotClassifier(other).eval()
+    image = torch.randn(2, 1, *FULL_SIZE)
+    before = classifier(image)
+    classifier.load_state_dict(torch.load(root / "model.pt", weights_only=True), strict=True)
+    after = classifier(image)
+    assert classifier.output_names == ["mass", "calcification", "density_A", "density_B", "density_C", "density_D"]
+    assert (after - before).abs().max() > 1e-3  # the load replaced both towers' effect, prompts re-embedded
+
+    sets = load_prompt_sets(tasks=["mass", "calcification", "density"])
+    embeddings = embed_prompt_sets(model, sets)
+    with torch.no_grad():
+        features = model.encode_image(image)
+        scale = model.get_logit_scale()
+        mass = zero_shot_probabilities(features, embeddings["mass"], scale)[:, 1]
+        density = zero_shot_probabilities(features, embeddings["density"], scale)
+    torch.testing.assert_close(after[:, 0], mass, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after[:, 2:], density, atol=1e-5, rtol=0)
+    assert classifier.as_dicts(after)[0]["mass"] == pytest.approx(float(after[0, 0]))
+    assert "text_encoder.model.embeddings.word_embeddings.weight" not in classifier.state_dict()
+
+
+def test_zero_shot_classifier_rejects_bad_prompts_and_checkpoints(trained):
+    root, model = trained
+    with pytest.raises(ValueError, match="at least two classes"):
+        ZeroShotClassifier(model, {"mass": ["mass"]})
+    with pytest.raises(ValueError, match="empty"):
+        ZeroShotClassifier(model, {"mass": ["no mass", " "]})
+    classifier = ZeroShotClassifier(model, {"mass": ["no mass", ["mass", "a mass"]]})
+    assert classifier.output_names == ["mass"]
+    state = torch.load(root / "model.pt", weights_only=True)
+    broken = {k: v for k, v in state.items() if "text_projection" not in k}
+    with pytest.raises(ValueError, match="text-tower key"):
+        classifier.load_state_dict(broken)
+
+
+def test_bundle_verify_export_and_torchscript_parity(trained, tmp_path):
+    """The README's verify_net_in_out and ckpt_export commands; TorchScript == eager at full size."""
+    root, model = trained
+    _bundle("verify_net_in_out", "network_def", "--meta_file", "bundle/configs/metadata.json",
+            "--config_file", "bundle/configs/inference.json")
+    ts = tmp_path / "model.ts"
+    _bundle("ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "model.pt"),
+            "--meta_file", "bundle/configs/metadata.json", "--config_file", "bundle/configs/inference.json")
+    with zipfile.ZipFile(ts) as archive:
+        names = {Path(n).name for n in archive.namelist() if "/extra/" in n}
+        assert {"metadata.json", "inference.json"} <= names
+        meta = json.loads(archive.read(next(n for n in archive.namelist() if n.endswith("extra/metadata.json"))))
+    loaded = torch.jit.load(str(ts))
+    eager = ZeroShotClassifier(model).eval()
+    image = torch.randn(2, 1, *FULL_SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        difference = (loaded(image) - eager(image)).abs().max().item()
+    assert difference <= 1e-4
+    channels = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert [channels[str(i)] for i in range(len(channels))] == eager.output_names
+
+
+def test_bundle_inference_writes_predictions_and_reports_the_bad_file(trained, images, tmp_path):
+    root, model = trained
+    out = tmp_path / "predictions"
+    _bundle("run", "--config_file", "bundle/configs/inference.json", "--input", str(images),
+            "--checkpoint", str(root / "model.pt"), "--output_dir", str(out))
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    good = sorted(p.name for p in images.iterdir() if p.name != "broken.dcm")
+    assert sorted(Path(r["file"]).name for r in rows) == good
+    record = json.loads((out / "predictions.json").read_text())
+    assert [Path(e["file"]).name for e in record["errors"]] == ["broken.dcm"]
+    density = [sum(float(r[f"density_{c}"]) for c in "ABCD") for r in rows]
+    assert np.allclose(density, 1.0, atol=1e-4) and all(0 <= float(r["mass"]) <= 1 for r in rows)
+    # the same numbers from the Python API (same preprocessing, same prompts, same weights)
+    from mammoclip_monai.networks import MammoCLIP
+
+    api = MammoCLIP.from_pretrained(root / "pretrained")
+    first = api.predict(rows[0]["file"])
+    assert first["mass"] == pytest.approx(float(rows[0]["mass"]), abs=1e-5)
+
+
+def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path):
+    root, model = trained
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"spiculated": ["a round mass", ["a spiculated mass", "a stellate lesion"]]}))
+    listing = images.parent / "list.csv"  # paths relative to the CSV's folder
+    listing.write_text("image\n" + "\n".join(f"{images.name}/{p.name}" for p in sorted(images.iterdir())) + "\n")
+    cli = [sys.executable, "-m", "mammoclip_monai.cli"]
+    result = subprocess.run([*cli, "predict", str(images), "--model", str(root / "pretrained"), "--prompts",
+                             str(prompts), "--out", str(tmp_path / "pred"), "--quiet"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]  # one file failed, and the run says so
+    assert "broken.dcm" in result.stdout
+    rows = list(csv.DictReader(open(tmp_path / "pred" / "predictions.csv")))
+    assert len(rows) == 3 and set(rows[0]) >= {"file", "image_hash", "spiculated"}
+    assert all(0.0 <= float(r["spiculated"]) <= 1.0 for r in rows)
+
+    result = subprocess.run([*cli, "embed", str(listing), "--model", str(root / "pretrained"),
+                             "--out", str(tmp_path / "emb"), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1 and "broken.dcm" in result.stdout, result.stderr[-3000:]
+    vectors = np.load(tmp_path / "emb" / "embeddings.npy")
+    index = list(csv.DictReader(open(tmp_path / "emb" / "index.csv")))
+    assert vectors.shape == (3, model.config.embed_dim) and len(index) == 3
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    from mammoclip_monai.inference import Predictor
+
+    predictor = Predictor(model)
+    expected = predictor.predict(index[1]["file"], prompts={"spiculated": ["a round mass", ["a spiculated mass",
+                                                                                             "a stellate lesion"]]})
+    by_file = {r["file"]: float(r["spiculated"]) for r in rows}
+    assert expected["spiculated"] == pytest.approx(by_file[index[1]["file"]], abs=1e-5)
+    from mammoclip_monai.data.reader import MammogramReadError
+
+    with pytest.raises(MammogramReadError, match="broken.dcm"):
+        predictor.predict(images / "broken.dcm")
+
+
+def test_text_tower_torchscript_and_image_tower_onnx_parity(trained, tmp_path):
+    root, model = trained
+    from mammoclip_monai.export import export_towers
+
+    result = subprocess.run([sys.executable, "-m", "mammoclip_monai.cli", "export", "--model",
+                             str(root / "pretrained"), "--out", str(tmp_path / "export")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "export" / "export.json").read_text())
+    assert summary["text_tower"]["max_abs_difference"] <= 1e-4
+    assert summary["image_tower_onnx"]["max_abs_difference"] <= 1e-4
+    # free-text prompts through the exported text tower give the eager embeddings
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export" / "tokenizer")
+    tokens = tokenizer(["a new free-text prompt about calcifications"], padding="max_length", truncation=True,
+                       max_length=summary["text_tower"]["max_length"], return_tensors="pt")
+    tower = torch.jit.load(str(tmp_path / "export" / "text_tower.ts"))
+    with torch.no_grad():
+        exported = tower(tokens["input_ids"], tokens["attention_mask"])
+        eager = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+    assert (exported - eager).abs().max().item() <= 1e-4
+    assert export_towers  # the module's API is importable from the installed package
