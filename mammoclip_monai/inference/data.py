@@ -100,9 +100,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def read_error(err: BaseException) -> MammogramReadError | None:
     """The reader's error behind ``err`` (MONAI wraps a transform's exception in a ``RuntimeError``), or ``None``."""
-    while err is not None and not isinstance(err, MammogramReadError):
-        err = err.__cause__
-    return err
+    seen: set[int] = set()
+    while err is not None and not isinstance(err, MammogramReadError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err if isinstance(err, MammogramReadError) else None
 
 
 def collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
