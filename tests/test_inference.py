@@ -164,6 +164,15 @@ def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path
 
     with pytest.raises(MammogramReadError, match="broken.dcm"):
         predictor.predict(images / "broken.dcm")
+    # prompt embeddings are cached, and recomputed once the text tower's weights change in place
+    cached = predictor.classifier()
+    assert predictor.classifier() is cached
+    tuned = create_model("tiny", pretrained=False, image_size=FULL_SIZE).eval()
+    predictor = Predictor(tuned)
+    before = predictor.classifier().class_embeddings.clone()
+    with torch.no_grad():
+        tuned.text_projection.projection.weight.normal_()
+    assert (predictor.classifier().class_embeddings - before).abs().max() > 1e-2
 
 
 def test_text_tower_torchscript_and_image_tower_onnx_parity(trained, tmp_path):

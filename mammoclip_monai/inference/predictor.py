@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data.pipelines import preprocessing
-from ..networks.zero_shot import ZeroShotClassifier
+from ..networks.zero_shot import TEXT_PREFIXES, ZeroShotClassifier
 from .data import ImageDataset, collate_readable, inference_datalist, read_error
 from .writer import batch_rows
 
@@ -50,6 +50,7 @@ class Predictor:
         self.num_workers = int(num_workers)
         self.preprocessing = preprocessing(spatial_size=self.image_size, allow_any_modality=allow_any_modality)
         self._classifiers: dict[str, ZeroShotClassifier] = {}
+        self._text_version = -1
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> Predictor:
@@ -59,9 +60,14 @@ class Predictor:
         return cls(MammoCLIP.from_pretrained(directory), **kwargs)
 
     def classifier(self, prompts: Prompts | None = None) -> ZeroShotClassifier:
-        """The single-input classifier for ``prompts`` (embedded once, then cached)."""
+        """The single-input classifier for ``prompts`` (embedded once and cached until the text tower's weights change)."""
         prompts = self.prompts if prompts is None else prompts
         key = json.dumps(prompts, sort_keys=True) if prompts is not None else "tasks:" + ",".join(self.tasks)
+        # in-place updates (optimizer steps, load_state_dict) bump a tensor's version: re-embed after them
+        version = sum(p._version for name, p in self.model.named_parameters() if name.startswith(TEXT_PREFIXES))
+        if self._text_version != version:
+            self._classifiers.clear()
+            self._text_version = version
         if key not in self._classifiers:
             classifier = ZeroShotClassifier(self.model, dict(prompts) if prompts is not None else None, tasks=self.tasks)
             self._classifiers[key] = classifier.to(self.device).eval()
