@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
+
+import pydicom
 
 from monai.deploy.core import Fragment, OperatorSpec
 from monai.deploy.operators.dicom_text_sr_writer_operator import (
     DICOMTextSRWriterOperator,
 )
+
+
+# Patient identifiers this project never writes (its privacy rule). The SR keeps the study's and
+# series' UIDs, so it is filed in the right study; the Type 2 attributes stay present but empty.
+EMPTIED = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")
+REMOVED = ("OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "IssuerOfPatientID",
+           "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName", "MedicalRecordLocator")
+
+
+def remove_patient_identifiers(path: Path) -> None:
+    """Rewrite an SR file without patient names, IDs, birth date or accession number (atomically)."""
+    ds = pydicom.dcmread(path)
+    for keyword in EMPTIED:
+        if keyword in ds:
+            setattr(ds, keyword, "")
+    for keyword in REMOVED:
+        if keyword in ds:
+            delattr(ds, keyword)
+    tmp = path.with_name(f".{path.name}.tmp")
+    ds.save_as(tmp)
+    os.replace(tmp, path)
 
 
 class StudyTextSRWriterOperator(DICOMTextSRWriterOperator):
@@ -19,7 +44,8 @@ class StudyTextSRWriterOperator(DICOMTextSRWriterOperator):
     filed under the first patient. This subclass keeps the stock writing (``write``: IOD modules,
     Contributing Equipment, content) and only changes the inputs: a list of per-study results
     (objects with ``study_selected_series`` and ``text``), each written with tags copied from its
-    own study.
+    own study. The patient identifiers the stock writer copies are then emptied
+    (:func:`remove_patient_identifiers`): the SR is filed by Study Instance UID.
 
     Named input:
         study_results: list of per-study results from the inference operator.
@@ -44,7 +70,10 @@ class StudyTextSRWriterOperator(DICOMTextSRWriterOperator):
             if not selected:
                 continue
             # tags (patient, study) come from this study's first selected series
+            before = set(self.output_folder.glob("*.dcm"))
             self.write(result.text, selected[0].series, self.output_folder)
+            for path in sorted(set(self.output_folder.glob("*.dcm")) - before):
+                remove_patient_identifiers(path)
             self._study_logger.info(
                 "Study %d: Text SR written (%d image(s) analysed)", study_index, getattr(result, "n_analysed", -1)
             )
