@@ -113,8 +113,19 @@ def test_bundle_verify_export_and_torchscript_parity(trained, tmp_path):
 def test_bundle_inference_writes_predictions_and_reports_the_bad_file(trained, images, tmp_path):
     root, model = trained
     out = tmp_path / "predictions"
+    # FActOR heads for the optional overlays (untrained: this checks the path, not their quality)
+    from mammoclip_monai.interpret import FActOR, FeatureMapExtractor, attribute_embeddings
+
+    fmap = FeatureMapExtractor(model.image_encoder)(torch.zeros(1, 1, *FULL_SIZE))
+    factor = FActOR(["mass", "calcification"], fmap.shape[-2:], model.config.embed_dim)
+    factor.set_attribute_embeddings(attribute_embeddings(model, load_prompt_sets(tasks=["mass", "calcification"])))
+    torch.save(factor.state_dict(), tmp_path / "factor.pt")
     _bundle("run", "--config_file", "bundle/configs/inference.json", "--input", str(images),
-            "--checkpoint", str(root / "model.pt"), "--output_dir", str(out))
+            "--checkpoint", str(root / "model.pt"), "--output_dir", str(out), "--factor_overlays", "true",
+            "--factor_file", str(tmp_path / "factor.pt"))
+    explained = json.loads((out / "factor" / "explanations.json").read_text())
+    assert len(explained["images"]) == 3 and [Path(e["image"]).name for e in explained["errors"]] == ["broken.dcm"]
+    assert all((out / "factor" / r["overlay"]).is_file() for r in explained["images"])
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     good = sorted(p.name for p in images.iterdir() if p.name != "broken.dcm")
     assert sorted(Path(r["file"]).name for r in rows) == good
