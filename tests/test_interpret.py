@@ -133,6 +133,38 @@ def test_localisation_metrics_against_hand_computation():
     assert ground_truth_boxes(item, ["mass"]).tolist() == [[1, 1, 2, 2]]
 
 
+def test_box_threshold_is_chosen_on_validation_per_method():
+    """A blob with wide shoulders around a small lesion: a low threshold boxes the shoulders (IoU < 0.25),
+    a high one the lesion; a flat-topped map is best boxed low. Each method gets its own choice."""
+    from types import SimpleNamespace
+
+    from mammoclip_monai.interpret import LocalizationEvaluator
+
+    yy, xx = np.mgrid[0:100, 0:100]
+    lesion = [45, 45, 55, 55]
+    r2 = (yy - 50) ** 2 + (xx - 50) ** 2
+    peaked = torch.tensor(np.exp(-r2 / (2 * 4.0 ** 2)) + np.exp(-r2 / (2 * 40.0 ** 2)), dtype=torch.float32)
+    flat = torch.zeros(100, 100)
+    flat[40:60, 40:60] = 0.5  # a plateau a little wider than the lesion: every threshold boxes well enough
+    flat[44:56, 44:56] = 1.0
+
+    class Fixed(LocalizationEvaluator):
+        def heatmaps(self, items):
+            for item in items:
+                yield item, None, "mass", np.asarray([lesion], np.float32), {"factor": peaked, "cam": flat}
+
+    evaluator = Fixed(model=None, factor=SimpleNamespace(attributes=("mass",)), extractor=None, preprocessing=None,
+                      findings={"mass": ["Mass"]}, methods=("factor", "cam"), threshold=0.5,
+                      thresholds=[0.3, 0.5, 0.7, 0.9])
+    assert evaluator.threshold_for("mass", "factor") == 0.5  # nothing chosen yet: the default
+    chosen = evaluator.select_thresholds([{"image": "a.dcm"}])
+    assert chosen == {"mass/factor": 0.7, "mass/cam": 0.3}
+    summary, per_image = evaluator.evaluate([{"image": "a.dcm"}])
+    assert {(r["method"], r["threshold"], r["iou@0.25"]) for r in summary} == {("factor", 0.7, 1.0), ("cam", 0.3, 1.0)}
+    with pytest.raises(ValueError, match="fractions"):
+        Fixed(None, SimpleNamespace(attributes=("mass",)), None, None, {"mass": ["Mass"]}, thresholds=[1.5])
+
+
 def test_heatmap_boxes_and_factor_heatmap():
     heat = torch.zeros(40, 50)
     heat[5:10, 5:15] = 0.6
@@ -244,6 +276,7 @@ def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
     assert [(r["attribute"], r["method"]) for r in table] == [
         (a, m) for a in ("mass", "calcification") for m in ("factor", "gradcam", "cam")]
     assert all(r["n"] > 0 and 0.0 <= r["iou@0.25"] <= 1.0 and 0.0 <= r["pointing_game"] <= 1.0 for r in table)
+    assert all(r["threshold"] in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8) for r in table)  # chosen on validation
     assert "| mass | Mammo-FActOR |" in (out / "localization.md").read_text()
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["calcification_00.png", "mass_00.png"]
     state = torch.load(out / "factor.pt", weights_only=True)
