@@ -138,7 +138,7 @@ def _load_prompts(path: str | None) -> dict | None:
     if isinstance(data, dict) and "tasks" in data:
         from mammoclip_monai.text.prompts import load_prompt_sets
 
-        return {name: list(s.classes) for name, s in load_prompt_sets(path).items()}
+        return load_prompt_sets(path)  # keeps the file's class names (density_A, ...)
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: a prompt file maps names to class prompts, e.g. {{\"mass\": [\"no mass\", \"mass\"]}}")
     return data
@@ -177,6 +177,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mammoclip_monai.engines.handlers import atomic_write_text
+    from mammoclip_monai.inference.writer import IDENTITY_COLUMNS
 
     vectors, rows, errors = _predictor(args).embed(args.inputs, progress=not args.quiet)
     out = Path(args.out)
@@ -187,8 +188,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     tmp.replace(out / "embeddings.npy")
     index = io.StringIO()
     writer = csv.writer(index, lineterminator="\n")
-    writer.writerow(["row", "file", "image_hash", "laterality", "view"])
-    writer.writerows([i, row["file"], row["image_hash"], row["laterality"], row["view"]] for i, row in enumerate(rows))
+    writer.writerow(["row", *IDENTITY_COLUMNS])
+    writer.writerows([i, *(row[k] for k in IDENTITY_COLUMNS)] for i, row in enumerate(rows))
     atomic_write_text(index.getvalue(), out / "index.csv")
     atomic_write_text(json.dumps({"shape": list(vectors.shape), "errors": errors}, indent=1) + "\n", out / "index.json")
     return _report_failures(f"wrote {vectors.shape[0]} embedding(s) of dimension {vectors.shape[1]} to {out}", errors)

@@ -184,12 +184,16 @@ def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path
     with torch.no_grad():
         tuned.text_projection.projection.weight.normal_()
     assert (predictor.classifier().class_embeddings - before).abs().max() > 1e-2
+    # a prompt file in the packaged format keeps its class names as output columns
+    from mammoclip_monai.cli import _load_prompts
+
+    packaged = REPO / "mammoclip_monai" / "resources" / "zero_shot_prompts.json"
+    columns = Predictor(model, prompts=_load_prompts(str(packaged))).classifier().output_names
+    assert columns[:3] == ["mass", "calcification", "density_A"]
 
 
 def test_text_tower_torchscript_and_image_tower_onnx_parity(trained, tmp_path):
     root, model = trained
-    from mammoclip_monai.export import export_towers
-
     result = subprocess.run([sys.executable, "-m", "mammoclip_monai.cli", "export", "--model",
                              str(root / "pretrained"), "--out", str(tmp_path / "export")],
                             capture_output=True, text=True, timeout=600)
@@ -208,4 +212,3 @@ def test_text_tower_torchscript_and_image_tower_onnx_parity(trained, tmp_path):
         exported = tower(tokens["input_ids"], tokens["attention_mask"])
         eager = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
     assert (exported - eager).abs().max().item() <= 1e-4
-    assert export_towers  # the module's API is importable from the installed package

@@ -18,7 +18,7 @@ import torch
 from ..data.pipelines import preprocessing
 from ..networks.zero_shot import TEXT_PREFIXES, ZeroShotClassifier
 from .data import ImageDataset, collate_readable, inference_datalist, read_error
-from .writer import batch_rows
+from .writer import batch_identity, batch_rows
 
 __all__ = ["Predictor"]
 
@@ -31,7 +31,8 @@ class Predictor:
     Args:
         model: a :class:`~mammoclip_monai.networks.MammoCLIP`.
         prompts: default prompts, ``{"mass": ["no mass", "mass"], ...}`` (each class one prompt or a list
-            of prompts); ``None`` uses the packaged prompt sets of ``tasks``.
+            of prompts) or prompt sets (:func:`~mammoclip_monai.text.prompts.load_prompt_sets`); ``None``
+            uses the packaged prompt sets of ``tasks``.
         tasks: packaged prompt sets used when ``prompts`` is ``None``.
         device: where the model runs (default: CUDA if available).
         batch_size, num_workers: of the file loader.
@@ -62,7 +63,8 @@ class Predictor:
     def classifier(self, prompts: Prompts | None = None) -> ZeroShotClassifier:
         """The single-input classifier for ``prompts`` (embedded once and cached until the text tower's weights change)."""
         prompts = self.prompts if prompts is None else prompts
-        key = json.dumps(prompts, sort_keys=True) if prompts is not None else "tasks:" + ",".join(self.tasks)
+        # prompt sets (dataclasses) are keyed by their repr, prompt dictionaries by their JSON
+        key = json.dumps(prompts, sort_keys=True, default=repr) if prompts is not None else "tasks:" + ",".join(self.tasks)
         # in-place updates (optimizer steps, load_state_dict) bump a tensor's version: re-embed after them
         version = sum(p._version for name, p in self.model.named_parameters() if name.startswith(TEXT_PREFIXES))
         if self._text_version != version:
@@ -131,7 +133,6 @@ class Predictor:
             if "image" in batch:
                 features = self.model.encode_image(batch["image"].as_tensor().to(self.device), normalize=True)
                 vectors.append(features.float().cpu().numpy())
-                rows.extend({k: v for k, v in row.items() if k != "probabilities"}
-                            for row in batch_rows(batch, features[:, :0], []))
+                rows.extend(batch_identity(batch))
         dim = int(self.model.config.embed_dim)
         return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), rows, errors

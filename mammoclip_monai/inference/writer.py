@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 
 from ..engines.handlers import atomic_write_text
 
-__all__ = ["IDENTITY_COLUMNS", "write_predictions", "batch_rows", "PredictionWriter"]
+__all__ = ["IDENTITY_COLUMNS", "write_predictions", "batch_identity", "batch_rows", "PredictionWriter"]
 
 IDENTITY_COLUMNS = ("file", "image_hash", "laterality", "view")
 
@@ -40,21 +40,26 @@ def write_predictions(rows: Sequence[dict[str, Any]], errors: Sequence[dict[str,
     return paths
 
 
-def batch_rows(batch: dict[str, Any], probabilities: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
-    """One record per image of a collated batch: identity (from the reader's safe metadata) + probabilities."""
+def batch_identity(batch: dict[str, Any]) -> list[dict[str, str]]:
+    """Per image of a collated batch, its identity columns from the reader's safe metadata (no header fields)."""
     if "image" not in batch:
         return []
     meta = getattr(batch["image"], "meta", {}) or {}
-    count = probabilities.shape[0]
+    count = batch["image"].shape[0]
 
     def column(key: str) -> list[str]:
         values = meta.get(key, [""] * count)
         return [str(v) for v in (values if isinstance(values, (list, tuple)) else [values] * count)]
 
-    identity = {k: column("filename_or_obj" if k == "file" else k) for k in IDENTITY_COLUMNS}
+    columns = {k: column("filename_or_obj" if k == "file" else k) for k in IDENTITY_COLUMNS}
+    return [{k: columns[k][i] for k in IDENTITY_COLUMNS} for i in range(count)]
+
+
+def batch_rows(batch: dict[str, Any], probabilities: torch.Tensor, names: Sequence[str]) -> list[dict[str, Any]]:
+    """One record per image of a collated batch: identity + ``probabilities`` ``{name: p}``."""
     values = probabilities.detach().float().cpu().tolist()
-    return [{**{k: identity[k][i] for k in IDENTITY_COLUMNS},
-             "probabilities": {n: float(v) for n, v in zip(names, values[i])}} for i in range(count)]
+    return [{**identity, "probabilities": dict(zip(names, map(float, row)))}
+            for identity, row in zip(batch_identity(batch), values)]
 
 
 class PredictionWriter:
