@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
     p.add_argument("--factor", default="bundle/eval/factor/factor.pt", help="FActOR weights (factor.json writes them)")
     p.add_argument("--out", default="explanations", help="output folder")
-    p.add_argument("--layer", default=None, help="encoder layer FActOR was trained on (default: last feature map)")
-    p.add_argument("--top-k", type=int, default=5, help="neurons in each heatmap")
+    p.add_argument("--layer", default=None, help="encoder layer FActOR was trained on (default: the one stored in "
+                   "the FActOR weights)")
+    p.add_argument("--top-k", type=int, default=10, help="neurons in each heatmap")
     p.add_argument("--threshold", type=float, default=0.5, help="box threshold, a fraction of the heatmap peak")
     p.add_argument("--no-overlays", action="store_true", help="JSON and neuron table only")
     p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")

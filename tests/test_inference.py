@@ -117,7 +117,7 @@ def test_bundle_inference_writes_predictions_and_reports_the_bad_file(trained, i
     from mammoclip_monai.interpret import FActOR, FeatureMapExtractor, attribute_embeddings
 
     fmap = FeatureMapExtractor(model.image_encoder)(torch.zeros(1, 1, *FULL_SIZE))
-    factor = FActOR(["mass", "calcification"], fmap.shape[-2:], model.config.embed_dim)
+    factor = FActOR(["mass", "calcification"], fmap.shape[-2:], model.config.embed_dim, channels=fmap.shape[1])
     factor.set_attribute_embeddings(attribute_embeddings(model, load_prompt_sets(tasks=["mass", "calcification"])))
     torch.save(factor.state_dict(), tmp_path / "factor.pt")
     _bundle("run", "--config_file", "bundle/configs/inference.json", "--input", str(images),

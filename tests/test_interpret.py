@@ -48,10 +48,12 @@ def _toy_maps(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.T
     return maps, labels
 
 
-def test_factor_learns_each_attribute_with_its_own_head():
+@pytest.mark.parametrize("readout", ["peak", "map"])
+def test_factor_learns_each_attribute_with_its_own_head(readout):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    factor = FActOR(["mass", "calcification"], (4, 4), embed_dim=16, hidden_dim=64)
+    factor = FActOR(["mass", "calcification"], (4, 4), embed_dim=16, hidden_dim=64, channels=8, readout=readout)
+    factor.fit_position_statistics(_toy_maps(64, g)[0])
     factor.set_attribute_embeddings({"mass": torch.randn(2, 16, generator=g),
                                      "calcification": torch.randn(2, 16, generator=g)})
     loss_fn = FActORLoss()
@@ -79,9 +81,16 @@ def test_factor_learns_each_attribute_with_its_own_head():
 
 
 def test_factor_loss_and_shapes_reject_bad_input():
-    factor = FActOR(["mass"], (2, 3), embed_dim=4)
+    factor = FActOR(["mass"], (2, 3), embed_dim=4, readout="map")
     with pytest.raises(ValueError, match=r"\(B, C, 2, 3\)"):
         factor(torch.zeros(1, 5, 3, 3))
+    with pytest.raises(ValueError, match="channels"):
+        FActOR(["mass"], (2, 3), embed_dim=4)  # the 'peak' readout needs C
+    peak = FActOR(["mass"], (2, 3), embed_dim=4, channels=5)
+    with pytest.raises(ValueError, match=r"\(B, 5, 2, 3\).*layer"):
+        peak(torch.zeros(1, 6, 2, 3))  # another layer's channel count
+    with pytest.raises(ValueError, match="two"):
+        peak.fit_position_statistics([torch.zeros(5, 2, 3)])
     with pytest.raises(ValueError, match="expected"):
         factor.set_attribute_embeddings({"mass": torch.zeros(3, 4)})
     with pytest.raises(KeyError, match="mass"):
@@ -98,7 +107,45 @@ def test_factor_loss_and_shapes_reject_bad_input():
     with pytest.raises(FloatingPointError, match="nan"):
         loss(torch.full((2, 1, 2), float("nan")), torch.tensor([[1], [0]]))
     state = FActOR.from_state_dict(factor.state_dict(), (2, 3))
-    assert state.attributes == ("mass",) and state.feature_size == (2, 3)
+    assert state.attributes == ("mass",) and state.feature_size == (2, 3) and state.readout == "map"
+
+
+def test_peak_readout_standardises_per_position_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    maps = torch.randn(40, 3, 2, 3) * torch.tensor([1.0, 5.0, 0.1])[:, None, None] + 7.0
+    factor = FActOR(["mass", "calcification"], (2, 3), embed_dim=4, channels=3, peak_values=2, layer="model.blocks.5")
+    factor.fit_position_statistics(maps[i:i + 8] for i in range(0, 40, 8))  # batches or single maps
+    assert torch.allclose(factor.position_mean, maps.mean(0), atol=1e-5)
+    assert torch.allclose(factor.position_std, maps.std(0), atol=1e-4)
+    # the mapper reads each channel's strongest standardised responses: scale-free across channels
+    inputs = factor._mapper_inputs(maps[:1])
+    expected = ((maps[:1] - maps.mean(0)) / maps.std(0)).flatten(2).sort(-1, descending=True).values[..., :2]
+    assert inputs.shape == (1, 3, 2) and torch.allclose(inputs, expected, atol=1e-4)
+    path = tmp_path / "factor.pt"
+    torch.save({"model": factor.state_dict()}, path)
+    state = torch.load(path, weights_only=True)["model"]
+    again = FActOR.from_state_dict(state)  # sizes, readout and layer come from the state itself
+    assert (again.readout, again.peak_values, again.layer, again.feature_size) == ("peak", 2, "model.blocks.5", (2, 3))
+    assert torch.equal(again(maps), factor(maps))
+    with pytest.raises(ValueError, match="readout"):
+        FActOR(["mass", "calcification"], (2, 3), embed_dim=4, channels=3, peak_values=3).load_state_dict(state)
+
+
+def test_image_score_is_a_smooth_or_hard_maximum_over_channels():
+    torch.manual_seed(0)
+    maps = torch.randn(4, 3, 2, 3)
+    smooth = FActOR(["mass"], (2, 3), embed_dim=4, channels=3, pool_temperature=0.05)
+    cosines = smooth.similarities(maps)
+    expected = 0.05 * torch.logsumexp(cosines / 0.05, dim=2) / 0.07
+    assert torch.allclose(smooth(maps), expected, atol=1e-5)
+    assert torch.all(smooth(maps) >= cosines.amax(2) / 0.07 - 1e-6)  # never below the best channel
+    hard = FActOR(["mass"], (2, 3), embed_dim=4, channels=3, pool_temperature=0.0)
+    hard.load_state_dict(smooth.state_dict() | {"pool_temperature": torch.tensor(0.0)})
+    assert torch.equal(hard(maps), cosines.amax(2) / hard.temperature)
+    with pytest.raises(ValueError, match="pool_temperature"):
+        FActOR(["mass"], (2, 3), embed_dim=4, channels=3, pool_temperature=-1.0)
+    legacy = {k: v for k, v in smooth.state_dict().items() if k != "pool_temperature"}
+    assert float(FActOR.from_state_dict(legacy).pool_temperature) == 0.0  # saved before: the hard maximum
 
 
 def test_attribute_auroc_matches_the_rank_formula():
@@ -280,7 +327,9 @@ def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
     assert "| mass | Mammo-FActOR |" in (out / "localization.md").read_text()
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["calcification_00.png", "mass_00.png"]
     state = torch.load(out / "factor.pt", weights_only=True)
-    assert FActOR.from_state_dict(state, (4, 3)).attributes == ("mass", "calcification")
+    trained = FActOR.from_state_dict(state)  # the 'peak' readout stores its sizes and its layer
+    assert trained.attributes == ("mass", "calcification") and trained.layer == "model.blocks.5"
+    assert trained.position_std.shape == (192, 4, 3) and not torch.all(trained.position_std == 1)  # fitted
 
     images = tmp_path / "images"
     images.mkdir()
@@ -298,7 +347,7 @@ def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
     assert [Path(r["image"]).name for r in summary["images"]] == [s.name for s in sources]
     assert [Path(e["image"]).name for e in summary["errors"]] == ["broken.dcm"]
     first = summary["images"][0]["attributes"]["mass"]
-    assert 0.0 <= first["probability"] <= 1.0 and len(first["top_neurons"]) == 5
+    assert 0.0 <= first["probability"] <= 1.0 and len(first["top_neurons"]) == 10  # read at the stored layer
     assert all(len(b["box"]) == 4 for b in first["boxes"])
     assert (tmp_path / "explained" / summary["images"][0]["overlay"]).stat().st_size > 1000
     rows = list(csv.DictReader(open(tmp_path / "explained" / "neurons.csv")))

@@ -38,18 +38,18 @@ class Explainer:
     Args:
         model: a :class:`~mammoclip_monai.networks.MammoCLIP` (its ``config.image_size`` sets the input size).
         factor: the trained FActOR (or the path of its ``factor.pt``).
-        layer: the encoder layer FActOR was trained on (default: the last feature map).
+        layer: the encoder layer FActOR was trained on (default: the one stored with FActOR, else the last
+            feature map).
         top_k / threshold / max_boxes: as in :func:`factor_heatmap` and :func:`heatmap_boxes`.
     """
 
     def __init__(self, model: torch.nn.Module, factor: FActOR | str | os.PathLike, layer: str | None = None,
-                 top_k: int = 5, threshold: float = 0.5, max_boxes: int = 3, device: torch.device | str = "cpu",
+                 top_k: int = 10, threshold: float = 0.5, max_boxes: int = 3, device: torch.device | str = "cpu",
                  allow_any_modality: bool = False) -> None:
         from ..data.pipelines import preprocessing
 
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.extractor = FeatureMapExtractor(self.model.image_encoder, layer)
         size = tuple(self.model.config.image_size)
         if not isinstance(factor, FActOR):
             path = Path(factor)
@@ -57,9 +57,13 @@ class Explainer:
                 raise FileNotFoundError(f"{path}: FActOR weights not found")
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("model", state) if isinstance(state, dict) else state
+            stored_layer = (state.get("_extra_state") or {}).get("layer")
+            self.extractor = FeatureMapExtractor(self.model.image_encoder, layer or stored_layer)
             with torch.no_grad():
                 probe = self.extractor(torch.zeros(1, self.model.config.in_chans, *size, device=self.device))
             factor = FActOR.from_state_dict(state, probe.shape[-2:])
+        else:
+            self.extractor = FeatureMapExtractor(self.model.image_encoder, layer or factor.layer)
         self.factor = factor.to(self.device).eval()
         self.preprocessing = preprocessing(spatial_size=size, allow_any_modality=allow_any_modality)
         self.top_k, self.threshold, self.max_boxes = int(top_k), float(threshold), int(max_boxes)

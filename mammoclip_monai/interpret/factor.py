@@ -1,26 +1,42 @@
 """Mammo-FActOR: map each feature-map channel ("neuron") of the frozen image encoder into the text space.
 
-One small MLP per attribute (mass, suspicious calcification, ...) takes a channel's flattened
-spatial map and returns an embedding; its cosine to the attribute's prompt embedding scores the
-neuron for that attribute. An image's score for an attribute is the best neuron's, so training
-pushes at least one neuron per attribute to respond where the finding is, and the top neurons'
-maps become the heatmap (:mod:`.heatmaps`).
+One small MLP per attribute (mass, suspicious calcification, ...) takes what a channel shows and
+returns an embedding; its cosine to the attribute's prompt embedding scores the neuron for that
+attribute. An image's score for an attribute is the best neuron's, so training pushes at least one
+neuron per attribute to respond where the finding is, and the top neurons' maps become the
+heatmap (:mod:`.heatmaps`). "Best" is a smooth maximum (``pool_temperature``; 0 gives the paper's
+hard maximum): with the hard one only the winning channel learns, and on some initialisations one
+channel wins every image and the head never learns the attribute (measured: 3 of 11 seeds for masses).
+
+What the mapper reads (``readout``):
+
+* ``"map"`` -- the channel's whole flattened spatial map, as published. A finding can be anywhere,
+  so the mapper must learn every position separately; on the synthetic data it learns "hub"
+  neurons that separate images without pointing at the finding (docs/factor.md).
+* ``"peak"`` (default) -- the channel's strongest responses *relative to what it usually shows at
+  each place* (its map standardised per position against the training images, then its top
+  ``peak_values`` values), plus a learned identity vector of the channel. Position-free, so a
+  neuron scores high when it fires unusually strongly somewhere, which is what a localised finding does.
 
 Each attribute keeps its own head, its own embeddings and its own outputs (index ``a`` of every
-``(B, A, ...)`` tensor); the original notebook mixed the heads. Attribute embeddings are buffers
-(``[absent, present]`` prompt ensembles, normalised), so a saved state dict is self-contained.
+``(B, A, ...)`` tensor); the original notebook mixed the heads. Attribute embeddings, the position
+statistics and the readout settings (and the encoder layer, when given) are in the state dict, so a
+saved ``factor.pt`` is self-contained.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FActOR", "FActORLoss", "attribute_embeddings"]
+
+READOUTS = ("peak", "map")
 
 
 def _mapper(in_features: int, hidden: int, out_features: int, dropout: float) -> nn.Sequential:
@@ -32,42 +48,92 @@ class FActOR(nn.Module):
 
     Args:
         attributes: attribute names, in output order (prompt-set names, e.g. ``["mass", "calcification"]``).
-        feature_size: ``(h, w)`` of the feature map the mappers read (fixed by the image size).
+        feature_size: ``(h, w)`` of the feature map (fixed by the image size).
         embed_dim: the text-embedding dimension.
         hidden_dim: mapper width (default ``h * w``, as in the paper).
         temperature: divides cosine similarities into logits (0.07 in the paper).
         dropout: inside the mappers.
+        channels: ``C``, needed by the ``"peak"`` readout (channel identities, position statistics).
+        readout: ``"peak"`` or ``"map"`` (the paper's), see the module docstring.
+        peak_values: how many of a channel's strongest standardised responses the ``"peak"`` mapper reads.
+        channel_dim: size of the learned channel identity vector (``"peak"``).
+        layer: the encoder layer the maps come from (stored, so that ``mammoclip explain`` finds it).
+        pool_temperature: the image's score is ``t * logsumexp(cosines / t)`` over channels (a smooth
+            maximum); 0 takes the hard maximum, as published.
     """
 
     def __init__(self, attributes: Sequence[str], feature_size: Sequence[int], embed_dim: int,
-                 hidden_dim: int | None = None, temperature: float = 0.07, dropout: float = 0.0) -> None:
+                 hidden_dim: int | None = None, temperature: float = 0.07, dropout: float = 0.0,
+                 channels: int | None = None, readout: str = "peak", peak_values: int = 3, channel_dim: int = 16,
+                 layer: str | None = None, pool_temperature: float = 0.05) -> None:
         super().__init__()
+        if pool_temperature < 0:
+            raise ValueError(f"pool_temperature must be >= 0 (0: hard maximum), got {pool_temperature}")
         if not attributes:
             raise ValueError("FActOR needs at least one attribute")
         if len(set(attributes)) != len(attributes):
             raise ValueError(f"attribute names must be unique, got {list(attributes)}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if readout == "peak" and not channels:
+            raise ValueError("the 'peak' readout needs the number of channels of the feature map")
         self.attributes = tuple(str(a) for a in attributes)
         self.feature_size = tuple(int(s) for s in feature_size)
+        self.readout, self.layer = readout, layer
         positions = math.prod(self.feature_size)
-        self.mappers = nn.ModuleDict({a: _mapper(positions, int(hidden_dim or positions), int(embed_dim), dropout)
+        self.peak_values = min(int(peak_values), positions)
+        hidden = int(hidden_dim or positions)
+        if readout == "peak":
+            c = int(channels)  # type: ignore[arg-type]
+            self.channel_embeddings = nn.ParameterDict(
+                {a: nn.Parameter(0.1 * torch.randn(c, int(channel_dim))) for a in self.attributes})
+            self.register_buffer("position_mean", torch.zeros(c, *self.feature_size))
+            self.register_buffer("position_std", torch.ones(c, *self.feature_size))
+            in_features = self.peak_values + int(channel_dim)
+        else:
+            in_features = positions
+        self.mappers = nn.ModuleDict({a: _mapper(in_features, hidden, int(embed_dim), dropout)
                                       for a in self.attributes})
         self.register_buffer("attribute_embeddings", torch.zeros(len(self.attributes), 2, int(embed_dim)))
         self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("pool_temperature", torch.tensor(float(pool_temperature)))
+
+    # the readout settings travel in the state dict (plain values: loadable with weights_only=True)
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"readout": self.readout, "peak_values": self.peak_values, "layer": self.layer}
+
+    def set_extra_state(self, state: Any) -> None:
+        if state.get("readout", self.readout) != self.readout or int(state.get("peak_values", self.peak_values)) != self.peak_values:
+            raise ValueError(f"FActOR state saved with readout {state.get('readout')!r} / {state.get('peak_values')} peak "
+                             f"values, this model uses {self.readout!r} / {self.peak_values}")
+        self.layer = state.get("layer", self.layer)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor], feature_size: Sequence[int] | None = None) -> FActOR:
-        """Rebuild a FActOR from its state dict alone (attributes, sizes and embeddings are in it)."""
+    def from_state_dict(cls, state: Mapping[str, Any], feature_size: Sequence[int] | None = None) -> FActOR:
+        """Rebuild a FActOR from its state dict alone (attributes, sizes, readout and embeddings are in it)."""
         attributes = list(dict.fromkeys(k.split(".")[1] for k in state if k.startswith("mappers.")))
         if not attributes or "attribute_embeddings" not in state:
             raise ValueError("not a FActOR state dict (no mappers.* or attribute_embeddings)")
+        state = dict(state)
+        extra = dict(state.setdefault("_extra_state", {"readout": "map", "layer": None}))  # before the readouts
         first = state[f"mappers.{attributes[0]}.0.weight"]
-        hidden, positions = first.shape
-        if feature_size is None:
-            raise ValueError("feature_size (h, w) is needed: the state dict only says h * w = "
-                             f"{positions}")
+        hidden, in_features = first.shape
+        kwargs: dict[str, Any] = {"readout": extra.get("readout", "map"), "layer": extra.get("layer")}
+        if kwargs["readout"] == "peak":
+            stats = state["position_mean"]
+            feature_size = tuple(stats.shape[1:])
+            identities = state[f"channel_embeddings.{attributes[0]}"]
+            kwargs.update(channels=int(identities.shape[0]), channel_dim=int(identities.shape[1]),
+                          peak_values=int(extra["peak_values"]))
+        elif feature_size is None:
+            raise ValueError(f"feature_size (h, w) is needed: the state dict only says h * w = {in_features}")
+        else:
+            kwargs["peak_values"] = int(extra.get("peak_values", 3))
+        if "pool_temperature" not in state:  # saved before the smooth maximum: the hard one
+            state["pool_temperature"] = torch.tensor(0.0)
         model = cls(attributes, feature_size, int(state["attribute_embeddings"].shape[-1]), int(hidden),
-                    float(state["temperature"]))
-        model.load_state_dict(dict(state), strict=True)
+                    float(state["temperature"]), pool_temperature=float(state["pool_temperature"]), **kwargs)
+        model.load_state_dict(state, strict=True)
         return model
 
     def set_attribute_embeddings(self, embeddings: Mapping[str, torch.Tensor]) -> None:
@@ -81,16 +147,57 @@ class FActOR(nn.Module):
                              f"{tuple(self.attribute_embeddings.shape)} ([absent, present] per attribute)")
         self.attribute_embeddings.copy_(F.normalize(stacked, dim=-1))
 
+    @torch.no_grad()
+    def fit_position_statistics(self, feature_maps: Iterable[torch.Tensor]) -> None:
+        """Mean and spread of every channel at every position over training maps ``(C, h, w)`` (or batches).
+
+        Label-free: computed once on the training images before the heads train. Only the
+        ``"peak"`` readout uses them.
+        """
+        if self.readout != "peak":
+            return
+        total, total_sq, count = None, None, 0
+        for fmap in feature_maps:
+            x = torch.as_tensor(fmap).double()
+            x = x[None] if x.ndim == 3 else x
+            self._check(x)
+            total = x.sum(0) if total is None else total + x.sum(0)
+            total_sq = (x * x).sum(0) if total_sq is None else total_sq + (x * x).sum(0)
+            count += x.shape[0]
+        if count < 2 or total is None or total_sq is None:
+            raise ValueError("position statistics need at least two training feature maps")
+        mean = total / count
+        std = ((total_sq / count - mean * mean).clamp(min=0) * count / (count - 1)).sqrt()
+        self.position_mean.copy_(mean.float())
+        self.position_std.copy_(std.float().clamp(min=1e-3))
+
     def _check(self, feature_map: torch.Tensor) -> None:
-        if feature_map.ndim != 4 or tuple(feature_map.shape[-2:]) != self.feature_size:
-            raise ValueError(f"FActOR expects feature maps (B, C, {self.feature_size[0]}, {self.feature_size[1]}), got "
-                             f"{tuple(feature_map.shape)}: the image size differs from the one it was built for")
+        channels = self.position_mean.shape[0] if self.readout == "peak" else None
+        if (feature_map.ndim != 4 or tuple(feature_map.shape[-2:]) != self.feature_size
+                or (channels is not None and feature_map.shape[1] != channels)):
+            raise ValueError(f"FActOR expects feature maps (B, {channels or 'C'}, {self.feature_size[0]}, "
+                             f"{self.feature_size[1]}), got {tuple(feature_map.shape)}: the image size or the "
+                             "encoder layer differs from the one it was trained on")
+
+    def _mapper_inputs(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """``(B, C, F)``: what each channel's mapper reads (see ``readout``)."""
+        if self.readout == "map":
+            return feature_map.float().flatten(2)
+        standardised = (feature_map.float() - self.position_mean) / self.position_std
+        return standardised.flatten(2).topk(self.peak_values, dim=-1).values
 
     def neuron_embeddings(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Normalised embeddings of every channel under every attribute's mapper, ``(B, A, C, D)``."""
         self._check(feature_map)
-        flat = feature_map.float().flatten(2)  # (B, C, h*w)
-        return torch.stack([F.normalize(self.mappers[a](flat), dim=-1) for a in self.attributes], dim=1)
+        inputs = self._mapper_inputs(feature_map)
+        out = []
+        for a in self.attributes:
+            x = inputs
+            if self.readout == "peak":
+                identity = self.channel_embeddings[a]
+                x = torch.cat([inputs, identity[None].expand(inputs.shape[0], -1, -1)], dim=-1)
+            out.append(F.normalize(self.mappers[a](x), dim=-1))
+        return torch.stack(out, dim=1)
 
     def similarities(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Cosine of each channel's embedding to ``[absent, present]`` of its attribute, ``(B, A, C, 2)``."""
@@ -101,8 +208,11 @@ class FActOR(nn.Module):
         return self.similarities(feature_map)[..., 1]
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, A, 2)`` (``[absent, present]``): the best channel's cosine per class, over the temperature."""
-        return self.similarities(feature_map).amax(dim=2) / self.temperature
+        """Logits ``(B, A, 2)`` (``[absent, present]``): the best channels' cosine per class, over the temperature."""
+        cosines = self.similarities(feature_map)
+        t = self.pool_temperature
+        pooled = cosines.amax(dim=2) if float(t) == 0 else t * torch.logsumexp(cosines / t, dim=2)
+        return pooled / self.temperature
 
     @staticmethod
     def present_logit(logits: torch.Tensor) -> torch.Tensor:

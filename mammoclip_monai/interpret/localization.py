@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.geometry import as_boxes, box_iou
+from .features import default_feature_layer
 from .heatmaps import cam_map, factor_heatmap, gradcam_map, heatmap_boxes, to_original
 
 logger = logging.getLogger("mammoclip_monai.interpret")
@@ -108,10 +109,18 @@ class LocalizationEvaluator:
         if any(not 0.0 < t < 1.0 for t in self.thresholds):
             raise ValueError(f"box thresholds are fractions of the heatmap peak in (0, 1), got {self.thresholds}")
         self.selected: dict[tuple[str, str], float] = {}
+        self.cam_layer: str | None = None  # found on first use: the encoder's last feature map
 
     def threshold_for(self, attribute: str, method: str) -> float:
         """The box threshold of a method for an attribute: chosen on validation, else ``threshold``."""
         return self.selected.get((attribute, method), self.threshold)
+
+    def _cam_layer(self) -> str:
+        # CAM is defined on the last feature map (the one the pooled embedding comes from); Grad-CAM
+        # reads FActOR's layer, so that the two map the same activations
+        if self.cam_layer is None:
+            self.cam_layer = default_feature_layer(self.extractor.encoder)
+        return self.cam_layer
 
     def maps(self, image: torch.Tensor, attributes: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
         """``{attribute: {method: (h, w) map}}`` for one preprocessed image ``(1, H, W)``.
@@ -132,7 +141,7 @@ class LocalizationEvaluator:
             if "gradcam" in self.methods:
                 maps["gradcam"] = gradcam_map(self.model, embeddings, x, self.extractor.layer)[0]
             if "cam" in self.methods:
-                maps["cam"] = cam_map(self.model, embeddings, x, self.extractor.layer)[0]
+                maps["cam"] = cam_map(self.model, embeddings, x, self._cam_layer())[0]
         return out
 
     def heatmaps(self, items: Sequence[Mapping[str, Any]]

@@ -345,7 +345,8 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, map_location: 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mis_shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and tuple(state[k].shape) != tuple(v.shape)]
+                  if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
+                  and tuple(state[k].shape) != tuple(v.shape)]  # extra state (plain values) has no shape
     if missing or unexpected or mis_shaped:
         def first(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
