@@ -198,7 +198,7 @@ def test_box_threshold_is_chosen_on_validation_per_method():
     class Fixed(LocalizationEvaluator):
         def heatmaps(self, items):
             for item in items:
-                yield item, None, "mass", np.asarray([lesion], np.float32), {"factor": peaked, "cam": flat}
+                yield item, "mass", np.asarray([lesion], np.float32), {"factor": peaked, "cam": flat}
 
     evaluator = Fixed(model=None, factor=SimpleNamespace(attributes=("mass",)), extractor=None, preprocessing=None,
                       findings={"mass": ["Mass"]}, methods=("factor", "cam"), threshold=0.5,
@@ -347,7 +347,7 @@ def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
     assert [Path(r["image"]).name for r in summary["images"]] == [s.name for s in sources]
     assert [Path(e["image"]).name for e in summary["errors"]] == ["broken.dcm"]
     first = summary["images"][0]["attributes"]["mass"]
-    assert 0.0 <= first["probability"] <= 1.0 and len(first["top_neurons"]) == 10  # read at the stored layer
+    assert 0.0 <= first["probability"] <= 1.0 and len(first["top_neurons"]) == 10  # stored layer (another: error)
     assert all(len(b["box"]) == 4 for b in first["boxes"])
     assert (tmp_path / "explained" / summary["images"][0]["overlay"]).stat().st_size > 1000
     rows = list(csv.DictReader(open(tmp_path / "explained" / "neurons.csv")))

@@ -73,8 +73,9 @@ class Explainer:
         """One file -> (its JSON record, ``{attribute: (heatmap in original pixels, boxes, scores)}``)."""
         image = self.preprocessing({"image": str(path)})["image"]
         fmap = self.extractor(image.as_tensor()[None].to(self.device))
-        probabilities = torch.softmax(self.factor(fmap)[0], dim=-1)[:, 1]
-        scores = self.factor.neuron_scores(fmap)[0]  # (A, C)
+        similarities = self.factor.similarities(fmap)  # once: for the probabilities and the neuron scores
+        probabilities = torch.softmax(self.factor.pool(similarities)[0], dim=-1)[:, 1]
+        scores = similarities[0, ..., 1]  # (A, C)
         record: dict[str, Any] = {"image": str(path), "attributes": {}}
         panels = {}
         for a, attribute in enumerate(self.factor.attributes):

@@ -103,9 +103,10 @@ class FActOR(nn.Module):
         return {"readout": self.readout, "peak_values": self.peak_values, "layer": self.layer}
 
     def set_extra_state(self, state: Any) -> None:
-        if state.get("readout", self.readout) != self.readout or int(state.get("peak_values", self.peak_values)) != self.peak_values:
-            raise ValueError(f"FActOR state saved with readout {state.get('readout')!r} / {state.get('peak_values')} peak "
-                             f"values, this model uses {self.readout!r} / {self.peak_values}")
+        saved = (state.get("readout", "map"), int(state.get("peak_values", self.peak_values)))
+        if saved[0] != self.readout or (self.readout == "peak" and saved[1] != self.peak_values):
+            raise ValueError(f"FActOR state saved with readout {saved[0]!r} ({saved[1]} peak values), this model "
+                             f"uses {self.readout!r} ({self.peak_values})")
         self.layer = state.get("layer", self.layer)
 
     @classmethod
@@ -115,7 +116,7 @@ class FActOR(nn.Module):
         if not attributes or "attribute_embeddings" not in state:
             raise ValueError("not a FActOR state dict (no mappers.* or attribute_embeddings)")
         state = dict(state)
-        extra = dict(state.setdefault("_extra_state", {"readout": "map", "layer": None}))  # before the readouts
+        extra = dict(state.setdefault("_extra_state", {"readout": "map", "layer": None}))  # saved before readouts
         first = state[f"mappers.{attributes[0]}.0.weight"]
         hidden, in_features = first.shape
         kwargs: dict[str, Any] = {"readout": extra.get("readout", "map"), "layer": extra.get("layer")}
@@ -127,8 +128,6 @@ class FActOR(nn.Module):
                           peak_values=int(extra["peak_values"]))
         elif feature_size is None:
             raise ValueError(f"feature_size (h, w) is needed: the state dict only says h * w = {in_features}")
-        else:
-            kwargs["peak_values"] = int(extra.get("peak_values", 3))
         if "pool_temperature" not in state:  # saved before the smooth maximum: the hard one
             state["pool_temperature"] = torch.tensor(0.0)
         model = cls(attributes, feature_size, int(state["attribute_embeddings"].shape[-1]), int(hidden),
@@ -207,12 +206,16 @@ class FActOR(nn.Module):
         """Per attribute, how well each channel aligns with the attribute's *present* prompts, ``(B, A, C)``."""
         return self.similarities(feature_map)[..., 1]
 
-    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, A, 2)`` (``[absent, present]``): the best channels' cosine per class, over the temperature."""
-        cosines = self.similarities(feature_map)
+    def pool(self, similarities: torch.Tensor) -> torch.Tensor:
+        """Similarities ``(B, A, C, 2)`` -> logits ``(B, A, 2)``: the best channels' cosine per class, over the
+        temperature."""
         t = self.pool_temperature
-        pooled = cosines.amax(dim=2) if float(t) == 0 else t * torch.logsumexp(cosines / t, dim=2)
+        pooled = similarities.amax(dim=2) if float(t) == 0 else t * torch.logsumexp(similarities / t, dim=2)
         return pooled / self.temperature
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, A, 2)`` (``[absent, present]``), see :meth:`pool`."""
+        return self.pool(self.similarities(feature_map))
 
     @staticmethod
     def present_logit(logits: torch.Tensor) -> torch.Tensor:

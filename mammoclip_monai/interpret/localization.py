@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ class LocalizationEvaluator:
 
     def __init__(self, model: torch.nn.Module, factor: torch.nn.Module, extractor: torch.nn.Module, preprocessing: Any,
                  findings: Mapping[str, Sequence[str]], label_keys: Mapping[str, str] | None = None,
-                 methods: Sequence[str] = METHODS, top_k: int = 5, threshold: float = 0.5, max_boxes: int = 3,
+                 methods: Sequence[str] = METHODS, top_k: int = 10, threshold: float = 0.5, max_boxes: int = 3,
                  device: torch.device | str = "cpu", thresholds: Sequence[float] | None = None) -> None:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
@@ -109,18 +110,16 @@ class LocalizationEvaluator:
         if any(not 0.0 < t < 1.0 for t in self.thresholds):
             raise ValueError(f"box thresholds are fractions of the heatmap peak in (0, 1), got {self.thresholds}")
         self.selected: dict[tuple[str, str], float] = {}
-        self.cam_layer: str | None = None  # found on first use: the encoder's last feature map
 
     def threshold_for(self, attribute: str, method: str) -> float:
         """The box threshold of a method for an attribute: chosen on validation, else ``threshold``."""
         return self.selected.get((attribute, method), self.threshold)
 
-    def _cam_layer(self) -> str:
-        # CAM is defined on the last feature map (the one the pooled embedding comes from); Grad-CAM
-        # reads FActOR's layer, so that the two map the same activations
-        if self.cam_layer is None:
-            self.cam_layer = default_feature_layer(self.extractor.encoder)
-        return self.cam_layer
+    @cached_property
+    def cam_layer(self) -> str:
+        """CAM's layer: the last feature map (where the pooled embedding comes from, so where CAM is defined);
+        Grad-CAM reads FActOR's layer, so that the two map the same activations."""
+        return default_feature_layer(self.extractor.encoder)
 
     def maps(self, image: torch.Tensor, attributes: Sequence[str]) -> dict[str, dict[str, torch.Tensor]]:
         """``{attribute: {method: (h, w) map}}`` for one preprocessed image ``(1, H, W)``.
@@ -141,12 +140,12 @@ class LocalizationEvaluator:
             if "gradcam" in self.methods:
                 maps["gradcam"] = gradcam_map(self.model, embeddings, x, self.extractor.layer)[0]
             if "cam" in self.methods:
-                maps["cam"] = cam_map(self.model, embeddings, x, self._cam_layer())[0]
+                maps["cam"] = cam_map(self.model, embeddings, x, self.cam_layer)[0]
         return out
 
     def heatmaps(self, items: Sequence[Mapping[str, Any]]
-                 ) -> Iterator[tuple[Mapping[str, Any], Any, str, np.ndarray, dict[str, torch.Tensor]]]:
-        """``(item, preprocessed image, attribute, ground-truth boxes, {method: heatmap in file pixels})`` for
+                 ) -> Iterator[tuple[Mapping[str, Any], str, np.ndarray, dict[str, torch.Tensor]]]:
+        """``(item, attribute, ground-truth boxes, {method: heatmap in file pixels})`` for
         every item with the attribute and a box of it (each image preprocessed and embedded once)."""
         for item in items:
             truth = {a: ground_truth_boxes(item, self.findings[a]) for a in self.factor.attributes
@@ -156,7 +155,7 @@ class LocalizationEvaluator:
                 continue
             image = self.preprocessing(dict(item))["image"]
             for attribute, maps in self.maps(image, list(truth)).items():
-                yield item, image, attribute, truth[attribute], {m: to_original(f.cpu(), image) for m, f in maps.items()}
+                yield item, attribute, truth[attribute], {m: to_original(f.cpu(), image) for m, f in maps.items()}
 
     def select_thresholds(self, items: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """Choose each method's box threshold per attribute on ``items`` (validation): the candidate with the
@@ -165,7 +164,7 @@ class LocalizationEvaluator:
             return {}
         hits: dict[tuple[str, str], np.ndarray] = {}
         counts: dict[tuple[str, str], int] = {}
-        for _item, _image, attribute, gt, heats in self.heatmaps(items):
+        for _item, attribute, gt, heats in self.heatmaps(items):
             for method, heat in heats.items():
                 counts[(attribute, method)] = counts.get((attribute, method), 0) + 1
                 row = hits.setdefault((attribute, method), np.zeros(len(self.thresholds)))
@@ -188,7 +187,7 @@ class LocalizationEvaluator:
 
         per_image: list[dict[str, Any]] = []
         overlays = dict.fromkeys(self.factor.attributes, 0)
-        for item, _image, attribute, gt, heats in self.heatmaps(items):
+        for item, attribute, gt, heats in self.heatmaps(items):
             panels = {}
             for method, heat in heats.items():
                 threshold = self.threshold_for(attribute, method)
