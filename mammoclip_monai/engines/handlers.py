@@ -1,7 +1,8 @@
 """Ignite handlers MONAI lacks: atomic checkpoints, exact resume, RNG state, metrics JSON, image grids.
 
-- :class:`AtomicCheckpointSaver` writes through a temporary file and ``os.replace``, so a crash
-  mid-write never leaves a truncated checkpoint (MONAI's ``CheckpointSaver`` writes in place).
+- :class:`AtomicCheckpointSaver` writes through :mod:`mammoclip_monai.utils.files` (temporary file,
+  fsync, rename, folder fsync; stale temporaries of killed writers removed), so a crash mid-write
+  never leaves a truncated checkpoint (MONAI's ``CheckpointSaver`` writes in place).
 - :class:`RandomStates` puts every random generator that shapes training (Python, NumPy, torch,
   and each random MONAI transform's own ``RandomState``) into the checkpoint, so a resumed run
   draws the same augmentations, dropout masks and shuffles as an uninterrupted one.
@@ -25,37 +26,12 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
+from ..utils.files import atomic_torch_save, atomic_write_text
+
 logger = logging.getLogger("mammoclip_monai.engines")
 
 
-# ----------------------------------------------------------------------------- files
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write text through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
+# ----------------------------------------------------------------------------- modules
 def unwrap(module: Any) -> Any:
     """The module inside DataParallel/DistributedDataParallel wrappers."""
     return getattr(module, "module", module)

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..engines.handlers import _scalar_metrics, atomic_write_text
+from ..engines.handlers import _scalar_metrics
+from ..utils.files import atomic_path, atomic_write_text
 from .metrics import classification_metrics, metric_name
 from .plots import plot_confusion_matrix, plot_roc_curves
 
@@ -137,10 +138,7 @@ class ZeroShotReport:
         lengths = {k: len(v) for k, v in columns.items() if len(v) != n}
         if lengths:
             raise RuntimeError(f"predictions of unequal length: {n} images but {lengths}")
-        path = self.output_dir / "predictions.csv"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(self.output_dir / "predictions.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(list(columns))
             writer.writerows(zip(*columns.values()))
-        os.replace(tmp, path)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from ..engines.handlers import atomic_write_text
+from ..utils.files import atomic_write_text
 
 __all__ = ["IDENTITY_COLUMNS", "write_predictions", "batch_identity", "batch_rows", "PredictionWriter"]
 
