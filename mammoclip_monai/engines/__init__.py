@@ -10,6 +10,7 @@ from .handlers import (
     ResumeHandler,
     TensorBoardImageGrid,
 )
+from .runs import RunDirectory, RunDirectoryInUse
 from .metrics import RetrievalRecall, ZeroShotAUROC, retrieval_metrics, zero_shot_metrics
 from .trainer import ContrastiveTrainer
 
@@ -23,6 +24,8 @@ __all__ = [
     "RandomStates",
     "ResumeHandler",
     "RetrievalRecall",
+    "RunDirectory",
+    "RunDirectoryInUse",
     "TensorBoardImageGrid",
     "ZeroShotAUROC",
     "retrieval_metrics",

@@ -3,6 +3,21 @@
 Nothing here imports another ``mammoclip_monai`` package, torch or MONAI.
 """
 
-from .errors import EXIT_FAILED_INPUTS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, InvalidInputError
+from .errors import (
+    EXIT_FAILED_INPUTS,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputsFailedError,
+    InvalidInputError,
+    NoInputsError,
+    UsageError,
+    brief_errors,
+    exit_code,
+    one_line,
+    user_error,
+)
 
-__all__ = ["InvalidInputError", "EXIT_OK", "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL"]
+__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "EXIT_OK",
+           "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL", "brief_errors", "exit_code", "one_line",
+           "user_error"]

@@ -8,15 +8,24 @@ Two kinds of bad input, two exception types, one message shape (``"<file>: <reas
   weights, a datalist CSV) is not what it must be. The run cannot start; the message names the
   file, where in it (key, row, column) and what was expected.
 
-Both subclass ``ValueError``. Exit codes shared by ``mammoclip`` and bundle inference:
+Both subclass ``ValueError``. :class:`UsageError` covers runs that cannot start as asked (nothing
+to do, an output folder holding another run). Exit codes shared by ``mammoclip`` and bundle runs
+(:func:`exit_code`): 0 all done, 1 some inputs failed, 2 nothing done (usage, no inputs, invalid
+configuring file), 3 an internal error.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import traceback
+from types import TracebackType
 from typing import Any
 
-__all__ = ["InvalidInputError", "EXIT_OK", "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL"]
+__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "EXIT_OK",
+           "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL", "user_error", "exit_code", "one_line",
+           "brief_errors", "format_traceback"]
 
 EXIT_OK = 0
 """Every input was processed."""
@@ -46,3 +55,83 @@ class InvalidInputError(ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # picklable across DataLoader worker processes
         return (type(self), (self.path, self.reason, self.where))
+
+
+class UsageError(Exception):
+    """The run cannot do what it was asked: nothing to do, an output folder that holds another run."""
+
+
+class NoInputsError(UsageError, FileNotFoundError):
+    """No input to process: a path that does not exist, an empty folder or datalist (nothing was done)."""
+
+
+class InputsFailedError(Exception):
+    """Some inputs failed and the caller asked for that to be an error (``fail_on_errors``): exit 1."""
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and its causes / contexts, outermost first (MONAI wraps a transform's error in RuntimeError)."""
+    seen: list[BaseException] = []
+    while err is not None and all(err is not other for other in seen):
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The error behind ``err`` that describes a bad input or a usage mistake, or ``None`` for a bug.
+
+    MammogramReadError and InvalidInputError are recognised by their ``reason`` and ``path`` attributes
+    (so this module needs no import from ``data``).
+    """
+    for item in _chain(err):
+        if isinstance(item, (InvalidInputError, UsageError, InputsFailedError)):
+            return item
+        if isinstance(item, ValueError) and hasattr(item, "reason") and hasattr(item, "path"):
+            return item  # MammogramReadError
+    return None
+
+
+def exit_code(err: BaseException) -> int:
+    """The convention's exit code for an exception that ends a run."""
+    found = user_error(err)
+    if found is None:
+        return EXIT_INTERNAL
+    return EXIT_FAILED_INPUTS if isinstance(found, InputsFailedError) else EXIT_USAGE
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` (or of the user error behind it) on one line."""
+    found = user_error(err) or err
+    text = " ".join(str(found).split())
+    return text or type(found).__name__
+
+
+def brief_errors(verbose: bool = False, prog: str = "mammoclip bundle") -> None:
+    """Make an uncaught bad-input error end the process with one line and the convention's exit code.
+
+    Meant for ``python -m monai.bundle run``, whose config parser wraps every error in several
+    ``RuntimeError`` layers and prints a long traceback; bundle configs call it first in ``initialize``.
+    Bugs (any other exception) keep Python's traceback. ``verbose=True`` keeps tracebacks for everything.
+    """
+    if verbose or getattr(sys.excepthook, "_mammoclip_brief", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        if user_error(err) is None:
+            previous(kind, err, tb)
+            return
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code(err))  # the excepthook cannot choose the exit status otherwise
+
+    hook._mammoclip_brief = True  # type: ignore[attr-defined]  # installed once per process
+    sys.excepthook = hook
+
+
+def format_traceback(err: BaseException) -> str:
+    """The full traceback of ``err`` (for ``--verbose``)."""
+    return "".join(traceback.format_exception(type(err), err, err.__traceback__))

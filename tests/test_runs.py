@@ -1,0 +1,78 @@
+"""One run per output folder: a second training never silently replaces another run's weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mammoclip_monai.engines import RunDirectory, RunDirectoryInUse
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {"preset": "tiny", "image_size": [96, 64], "seed": 0}
+
+
+def _finished_run(folder: Path, settings: dict = SETTINGS) -> None:
+    RunDirectory(folder, settings).claim()
+    (folder / "model.pt").write_bytes(b"weights of a 25-minute model")
+    (folder / "last.pt").write_bytes(b"resume state")
+    (folder / "pretrained").mkdir()
+    RunDirectory(folder, settings).finish()
+
+
+def test_a_new_run_refuses_a_folder_with_a_finished_run(tmp_path):
+    _finished_run(tmp_path)
+    with pytest.raises(RunDirectoryInUse, match=r"holds a finished run's weights \(model.pt, last.pt, pretrained\)"):
+        RunDirectory(tmp_path, SETTINGS).claim()
+    assert (tmp_path / "model.pt").read_bytes() == b"weights of a 25-minute model"
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "finished"
+
+
+def test_weights_from_before_run_records_are_protected_too(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"old")
+    with pytest.raises(RunDirectoryInUse, match="another run's weights"):
+        RunDirectory(tmp_path, SETTINGS).claim()
+
+
+def test_overwrite_replaces_the_previous_run(tmp_path):
+    _finished_run(tmp_path)
+    RunDirectory(tmp_path, {**SETTINGS, "preset": "paper_b5"}, overwrite=True).claim()
+    assert not any((tmp_path / name).exists() for name in ("model.pt", "last.pt", "pretrained"))
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "running" and record["settings"]["preset"] == "paper_b5"
+
+
+def test_resume_auto_continues_only_the_same_run(tmp_path):
+    _finished_run(tmp_path)
+    RunDirectory(tmp_path, dict(SETTINGS), resume="auto").claim()  # same settings (tuples vs lists do not matter)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "running" and len(record["resumed"]) == 1
+    with pytest.raises(RunDirectoryInUse, match=r"other settings \(image_size: \[96, 64\] there, \[448, 288\] here\)"):
+        RunDirectory(tmp_path, {**SETTINGS, "image_size": (448, 288)}, resume="auto").claim()
+
+
+def test_only_rank_zero_claims(tmp_path, monkeypatch):
+    _finished_run(tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    RunDirectory(tmp_path, SETTINGS).claim()  # rank 0 decides; the others would see its claim
+
+
+def test_the_training_command_refuses_in_one_line_before_any_work(synthetic_dataset, tmp_path):
+    """A second ``monai.bundle run training`` into a folder with a model: one line, exit 2, the model kept."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "model.pt").write_bytes(b"a finished model")
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.json",
+         "--dataset_dir", str(synthetic_dataset), "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "logs")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"mammoclip bundle: error: {models} holds another run's weights (model.pt); a new run would "
+                      "replace them. Continue that run with --resume auto, replace it with --overwrite true, or give "
+                      "this run its own folder with --ckpt_dir DIR"]
+    assert "Traceback" not in result.stderr
+    assert (models / "model.pt").read_bytes() == b"a finished model"
