@@ -1,90 +1,158 @@
-"""The ``mammoclip`` command line: one sub-command per job, heavy imports only when a job runs."""
+"""The ``mammoclip`` command line: one sub-command per job, heavy imports only when a job runs.
+
+Every command follows one error convention (:mod:`mammoclip_monai.utils.errors`): a bad input is one
+line on stderr naming the file and the reason, and the other inputs are still processed. stdout carries
+data only (``inspect``'s JSON lines, the data-efficiency table); status and summaries go to stderr and
+``--quiet`` silences them (never the failures). No traceback without ``--verbose``. See :data:`EXIT_STATUS`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from .utils.errors import (
+    EXIT_FAILED_INPUTS,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    exit_code,
+    format_traceback,
+    one_line,
+)
 
 logger = logging.getLogger("mammoclip_monai.cli")
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files as given, folders walked recursively for DICOM/PNG/JPEG/TIFF files (sorted)."""
-    from mammoclip_monai.inference.data import find_image_files
+EXIT_STATUS = f"""exit status:
+  {EXIT_OK}  every input was processed
+  {EXIT_FAILED_INPUTS}  some inputs failed (each on one line on stderr: file and reason); the others were processed
+  {EXIT_USAGE}  nothing was done: a usage error, no such path, an empty folder, an invalid prompt / model /
+     FActOR / CSV file, an output folder that holds another run
+  {EXIT_INTERNAL}  an internal error (a bug): run again with --verbose for the traceback"""
 
-    try:
-        return find_image_files(list(inputs))
-    except FileNotFoundError as err:
-        raise SystemExit(f"mammoclip: {err}") from err
+HEADS = {"zero_shot": "zero-shot head (image vs. prompt embeddings)", "factor": "FActOR head (per-attribute neurons)"}
+"""Which head produced a probability: printed with every result and stored in every output file."""
+
+
+# ----------------------------------------------------------------------------- shared plumbing
+class Session:
+    """What every command needs: its name, quietness, and how to report inputs that failed."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.command = args.command
+        self.quiet = bool(args.quiet)
+        self.verbose = bool(args.verbose)
+
+    def say(self, text: str) -> None:
+        """A status or summary line (stderr, so that stdout carries only data); silent with ``--quiet``."""
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def failed(self, file: str, reason: str) -> None:
+        """One line per bad input (stderr), also with ``--quiet``: failures are never hidden."""
+        print(f"mammoclip {self.command}: {file}: {reason}", file=sys.stderr, flush=True)
+
+    def finish(self, summary: str, errors: Sequence[dict[str, str]], file_key: str = "file") -> int:
+        """Print the failures and the summary; the exit status of the convention."""
+        for error in errors:
+            self.failed(error[file_key], error["error"])
+        if errors:
+            summary += f"; {len(errors)} input(s) failed (listed above)"
+        self.say(summary)
+        return EXIT_FAILED_INPUTS if errors else EXIT_OK
+
+    def progress(self, items: Iterable[Any], total: int, unit: str = "image") -> Iterator[Any]:
+        """A progress bar on stderr unless ``--quiet``."""
+        if self.quiet:
+            yield from items
+            return
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, unit=unit, desc=f"mammoclip {self.command}", file=sys.stderr)
+
+
+def _datalist(inputs: Sequence[str]) -> list[dict[str, str]]:
+    from .inference.data import inference_datalist
+
+    return inference_datalist(list(inputs))
 
 
 # ----------------------------------------------------------------------------- synth
-def cmd_synth(args: argparse.Namespace) -> int:
-    from mammoclip_monai.data.synthetic import generate_dataset
+def cmd_synth(args: argparse.Namespace, session: Session) -> int:
+    from .data.synthetic import generate_dataset
 
     summary = generate_dataset(args.out, n_patients=args.patients, seed=args.seed,
                                image_size=(args.height, args.width), workers=args.workers,
-                               overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+                               overwrite=args.overwrite, progress=not session.quiet)
+    counts = summary.get("counts", {})
+    session.say(f"wrote a synthetic dataset of {counts.get('patients', args.patients)} patients "
+                f"({counts.get('images', '?')} images) to {args.out} (details: {Path(args.out) / 'dataset.json'})")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- inspect
-def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print the metadata the reader keeps (never patient identifiers) for each file."""
-    from mammoclip_monai.data.reader import MammogramReadError, read_mammogram
+def cmd_inspect(args: argparse.Namespace, session: Session) -> int:
+    """One JSON line per readable file: the metadata the reader keeps (never patient identifiers)."""
+    from .data.reader import MammogramReadError, read_mammogram
 
-    failures = 0
-    for path in expand_inputs(args.inputs):
+    items = _datalist(args.inputs)
+    errors = []
+    for item in session.progress(items, len(items)):
         try:
-            array, meta = read_mammogram(str(path), voi=args.voi, allow_any_modality=args.any_modality)
+            array, meta = read_mammogram(item["image"], voi=args.voi, allow_any_modality=args.any_modality)
         except MammogramReadError as err:
-            failures += 1
-            print(json.dumps({"file": str(path), "error": err.reason}))
+            errors.append({"file": item["image"], "error": err.reason})
             continue
         meta = dict(meta, min=float(array.min()), max=float(array.max()), mean=float(array.mean()))
-        print(json.dumps(meta, default=str))
-    return 1 if failures else 0
+        print(json.dumps(meta, default=str), flush=True)
+    return session.finish(f"inspected {len(items) - len(errors)} file(s)", errors)
 
 
 # ----------------------------------------------------------------------------- preprocess
-def cmd_preprocess(args: argparse.Namespace) -> int:
-    """Run the deterministic pipeline (read, crop, canonicalise, resize) and write 8-bit PNGs."""
+def cmd_preprocess(args: argparse.Namespace, session: Session) -> int:
+    """The deterministic chain (read, crop, canonicalise, resize) -> 8-bit PNGs named by content hash."""
     import numpy as np
     from PIL import Image
 
-    from mammoclip_monai.data.pipelines import preprocessing
-    from mammoclip_monai.data.reader import MammogramReadError
+    from .data.pipelines import preprocessing
+    from .inference.data import ImageDataset
+    from .utils.files import atomic_path, atomic_write_text
 
+    items = _datalist(args.inputs)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     chain = preprocessing(spatial_size=(args.height, args.width), normalize=False,
                           allow_any_modality=args.any_modality)
-    failures = 0
-    rows = []
-    for path in expand_inputs(args.inputs):
-        try:
-            image = chain({"image": str(path)})["image"]
-        except MammogramReadError as err:
-            failures += 1
-            logger.error("skipped %s", err)
+    rows, errors = [], []
+    for result in session.progress(ImageDataset(items, chain), len(items)):
+        if "error" in result:
+            errors.append({"file": result["file"], "error": result["error"]})
             continue
+        image = result["image"]
         name = image.meta["image_hash"] + ".png"
         pixels = (np.clip(image.as_tensor()[0].numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(pixels).save(out_dir / name)
-        rows.append({"file": str(path), "png": name, "laterality": image.meta["laterality"],
+        with atomic_path(out_dir / name) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+        rows.append({"file": image.meta["filename_or_obj"], "png": name, "laterality": image.meta["laterality"],
                      "view": image.meta["view"]})
-    (out_dir / "index.json").write_text(json.dumps(rows, indent=1))
-    print(f"wrote {len(rows)} PNG(s) to {out_dir}" + (f"; {failures} file(s) could not be read" if failures else ""))
-    return 1 if failures else 0
+    atomic_write_text(json.dumps({"images": rows, "errors": errors}, indent=1) + "\n", out_dir / "index.json")
+    return session.finish(f"wrote {len(rows)} PNG(s) to {out_dir}", errors)
 
 
 # ----------------------------------------------------------------------------- data efficiency
-def parse_overrides(pairs: Sequence[str]) -> dict:
-    """``KEY=VALUE`` pairs (values as JSON when they parse, else strings) -> bundle overrides."""
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (values as JSON when they parse, else strings) -> bundle overrides.
+
+    A value starting with ``$`` is a Python expression that MONAI's config parser evaluates
+    (docs/security.md): only pass overrides you would run as code.
+    """
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -97,121 +165,126 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
     return out
 
 
-def cmd_data_efficiency(args: argparse.Namespace) -> int:
-    from mammoclip_monai.evaluation.efficiency import data_efficiency
+def cmd_data_efficiency(args: argparse.Namespace, session: Session) -> int:
+    from .evaluation.efficiency import data_efficiency
+    from .utils.errors import UsageError
 
     configs = Path(args.configs)
     if not (configs / "linear_probe.json").is_file():
-        raise FileNotFoundError(f"{configs}: no bundle configs here (run from the repository root or pass --configs)")
+        raise UsageError(f"{configs}: no bundle configs here (run from the repository root or pass --configs)")
+    overrides = parse_overrides(args.set)
+    if args.overwrite:
+        overrides["overwrite"] = True
     rows = data_efficiency(configs, args.out, tasks=args.tasks, fractions=args.fractions, methods=args.methods,
-                           overrides=parse_overrides(args.set))
-    print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
-    return 0 if rows else 1
+                           overrides=overrides)
+    if not session.quiet:
+        print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
+    return EXIT_OK if rows else EXIT_USAGE
 
 
 # ----------------------------------------------------------------------------- explain
-def cmd_explain(args: argparse.Namespace) -> int:
+def cmd_explain(args: argparse.Namespace, session: Session) -> int:
     """FActOR probabilities, heatmaps, boxes and overlays; unreadable files are reported, the rest processed."""
-    from mammoclip_monai.interpret.explain import Explainer
-    from mammoclip_monai.networks import MammoCLIP
+    from .interpret.explain import Explainer
+    from .networks import MammoCLIP
 
-    files = expand_inputs(args.inputs)
-    if not files:
-        raise FileNotFoundError(f"no image files in {args.inputs}")
+    items = _datalist(args.inputs)
     model = MammoCLIP.from_pretrained(args.model)
     explainer = Explainer(model, args.factor, layer=args.layer, top_k=args.top_k, threshold=args.threshold,
                           allow_any_modality=args.any_modality)
-    summary = explainer.explain(files, args.out, overlays=not args.no_overlays, progress=not args.quiet)
-    print(f"explained {len(summary['images'])} image(s) into {args.out}"
-          + (f"; {len(summary['errors'])} file(s) failed:" if summary["errors"] else ""))
-    for error in summary["errors"]:
-        print(f"  {error['image']}: {error['error']}")
-    return 1 if summary["errors"] else 0
+    summary = explainer.explain([item["image"] for item in items], args.out, overlays=not args.no_overlays,
+                                progress=not session.quiet)
+    return session.finish(f"explained {len(summary['images'])} image(s) into {args.out}: probabilities from the "
+                          f"{HEADS['factor']}, boxes and overlays", summary["errors"], file_key="image")
 
 
 # ----------------------------------------------------------------------------- predict / embed / export
-def _load_prompts(path: str | None) -> dict | None:
-    """A prompt file: ``{"mass": ["no mass", "mass"], ...}`` or the packaged format (``{"tasks": ...}``)."""
-    if path is None:
-        return None
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "tasks" in data:
-        from mammoclip_monai.text.prompts import load_prompt_sets
+def _predictor(args: argparse.Namespace) -> Any:
+    from .inference import Predictor
+    from .text.prompts import load_prompt_file
 
-        return load_prompt_sets(path)  # keeps the file's class names (density_A, ...)
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: a prompt file maps names to class prompts, e.g. {{\"mass\": [\"no mass\", \"mass\"]}}")
-    return data
+    prompts = load_prompt_file(args.prompts) if getattr(args, "prompts", None) else None
+    return Predictor.from_pretrained(args.model, prompts=prompts, batch_size=args.batch_size,
+                                     allow_any_modality=args.any_modality)
 
 
-def _predictor(args: argparse.Namespace):
-    from mammoclip_monai.inference import Predictor
-
-    return Predictor.from_pretrained(args.model, prompts=_load_prompts(getattr(args, "prompts", None)),
-                                     batch_size=args.batch_size, allow_any_modality=args.any_modality)
-
-
-def _report_failures(done: str, errors: list[dict]) -> int:
-    print(done + (f"; {len(errors)} file(s) could not be read:" if errors else ""))
-    for error in errors:
-        print(f"  {error['file']}: {error['error']}")
-    return 1 if errors else 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace, session: Session) -> int:
     """Zero-shot probabilities per file -> predictions.csv / .json; unreadable files are reported."""
-    from mammoclip_monai.inference import write_predictions
+    from .inference import write_predictions
 
+    files = [item["image"] for item in _datalist(args.inputs)]  # nothing to do: a usage error before loading
     predictor = _predictor(args)
-    rows, errors = predictor.predict_many(args.inputs, progress=not args.quiet)
+    rows, errors = predictor.predict_many(files, progress=not session.quiet)
     names = predictor.classifier().output_names
     paths = write_predictions(rows, errors, args.out, names)
-    return _report_failures(f"wrote {len(rows)} prediction(s) to {paths['csv']}", errors)
+    return session.finish(f"wrote {len(rows)} prediction(s) ({', '.join(names)}; probabilities from the "
+                          f"{HEADS['zero_shot']}) to {paths['csv']}", errors)
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
+def cmd_embed(args: argparse.Namespace, session: Session) -> int:
     """Image embeddings -> embeddings.npy (N, D) + index.csv (row -> file) + errors in index.json."""
     import csv
-    import io
 
     import numpy as np
 
-    from mammoclip_monai.engines.handlers import atomic_write_text
-    from mammoclip_monai.inference.writer import IDENTITY_COLUMNS
+    from .inference.writer import IDENTITY_COLUMNS
+    from .utils.files import atomic_path, atomic_write_text
 
-    vectors, rows, errors = _predictor(args).embed(args.inputs, progress=not args.quiet)
+    files = [item["image"] for item in _datalist(args.inputs)]
+    vectors, rows, errors = _predictor(args).embed(files, progress=not session.quiet)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".embeddings.npy.tmp"
-    with tmp.open("wb") as handle:
+    with atomic_path(out / "embeddings.npy") as tmp, tmp.open("wb") as handle:
         np.save(handle, vectors)
-    tmp.replace(out / "embeddings.npy")
     index = io.StringIO()
     writer = csv.writer(index, lineterminator="\n")
     writer.writerow(["row", *IDENTITY_COLUMNS])
     writer.writerows([i, *(row[k] for k in IDENTITY_COLUMNS)] for i, row in enumerate(rows))
     atomic_write_text(index.getvalue(), out / "index.csv")
-    atomic_write_text(json.dumps({"shape": list(vectors.shape), "errors": errors}, indent=1) + "\n", out / "index.json")
-    return _report_failures(f"wrote {vectors.shape[0]} embedding(s) of dimension {vectors.shape[1]} to {out}", errors)
+    atomic_write_text(json.dumps({"shape": list(vectors.shape), "errors": errors}, indent=1) + "\n",
+                      out / "index.json")
+    return session.finish(f"wrote {vectors.shape[0]} embedding(s) of dimension {vectors.shape[1]} to {out}", errors)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace, session: Session) -> int:
     """The text tower as traced TorchScript (+ tokenizer) and the image tower as ONNX, with parity figures."""
-    from mammoclip_monai.export import export_towers
-    from mammoclip_monai.networks import MammoCLIP
+    from .export import export_towers
+    from .networks import MammoCLIP
 
-    summary = export_towers(MammoCLIP.from_pretrained(args.model), args.out, onnx=not args.no_onnx)
-    print(json.dumps(summary, indent=2))
-    return 0
+    model = MammoCLIP.from_pretrained(args.model)
+    chatter = io.StringIO()  # the ONNX exporter prints its progress; keep it for --verbose
+    with contextlib.redirect_stdout(chatter if not session.verbose else sys.stdout):
+        summary = export_towers(model, args.out, onnx=not args.no_onnx)
+    for name, entry in summary.items():
+        if isinstance(entry, dict) and "file" in entry:
+            session.say(f"{name}: {Path(args.out) / entry['file']} "
+                        f"(max |eager - exported| {entry['max_abs_difference']:.2e})")
+    session.say(f"exported to {args.out} (details: {Path(args.out) / 'export.json'})")
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- entry point
+def _common() -> argparse.ArgumentParser:
+    """``-v`` / ``-q`` accepted before or after the sub-command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, third-party warnings and tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or summaries; failures are still listed on stderr")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mammoclip", description="MammoCLIP-MONAI command line")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = _common()
+    parser = argparse.ArgumentParser(prog="mammoclip", description="MammoCLIP-MONAI command line",
+                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="generate the synthetic mammography dataset (DICOM + CSVs)")
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_STATUS, parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = add("synth", "generate the synthetic mammography dataset (DICOM + CSVs)")
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--patients", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -219,35 +292,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("inspect", help="print what the reader makes of files (safe metadata only)")
-    p.add_argument("inputs", nargs="+", help="files or folders")
+    inputs_help = "DICOM/PNG/JPEG/TIFF files, folders (searched recursively) or CSVs with an 'image' column"
+    p = add("inspect", "print what the reader makes of files (safe metadata only), one JSON line per file")
+    p.add_argument("inputs", nargs="+", help=inputs_help)
     p.add_argument("--voi", default="auto", choices=["auto", "lut", "window", "minmax", "range"])
     p.add_argument("--any-modality", action="store_true", help="accept modalities other than MG")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("preprocess", help="crop, canonicalise and resize mammograms to PNG")
-    p.add_argument("inputs", nargs="+", help="files or folders")
+    p = add("preprocess", "crop, canonicalise and resize mammograms to 8-bit PNGs named by content hash")
+    p.add_argument("inputs", nargs="+", help=inputs_help)
     p.add_argument("--out", required=True)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--any-modality", action="store_true")
     p.set_defaults(func=cmd_preprocess)
 
-    p = sub.add_parser("data-efficiency", help="linear probe / fine-tuning at 10/50/100 %% of the training patients")
+    p = add("data-efficiency", "linear probe / fine-tuning at 10/50/100 %% of the training patients")
     p.add_argument("--tasks", nargs="+", default=["mass", "calcification", "density"])
     p.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.5, 1.0])
     p.add_argument("--methods", nargs="+", default=["linear_probe", "finetune"], choices=["linear_probe", "finetune"])
     p.add_argument("--configs", default="bundle/configs", help="the bundle's config folder")
     p.add_argument("--out", default="bundle/eval/data_efficiency")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs of an earlier call in --out")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="bundle overrides, e.g. probe_epochs=10 ckpt_dir=/models dataset_dir=/data")
+                   help="bundle overrides, e.g. probe_epochs=10 ckpt_dir=/models dataset_dir=/data "
+                        "(a value starting with $ is run as Python: docs/security.md)")
     p.set_defaults(func=cmd_data_efficiency)
 
-    p = sub.add_parser("explain", help="Mammo-FActOR heatmaps, boxes and overlays for files or folders")
-    p.add_argument("inputs", nargs="+", help="DICOM/PNG files or folders")
+    p = add("explain", "Mammo-FActOR probabilities, heatmaps, boxes and overlays for files or folders")
+    p.add_argument("inputs", nargs="+", help=inputs_help)
     p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
     p.add_argument("--factor", default="bundle/eval/factor/factor.pt", help="FActOR weights (factor.json writes them)")
     p.add_argument("--out", default="explanations", help="output folder")
@@ -257,13 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="box threshold, a fraction of the heatmap peak")
     p.add_argument("--no-overlays", action="store_true", help="JSON and neuron table only")
     p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explain)
 
     for name, help_text in (("predict", "zero-shot probabilities for files, folders or a CSV -> predictions.csv"),
                             ("embed", "image embeddings -> embeddings.npy + index.csv")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("inputs", nargs="+", help="DICOM/PNG files, folders, or a CSV with an 'image' column")
+        p = add(name, help_text)
+        p.add_argument("inputs", nargs="+", help=inputs_help)
         p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
         if name == "predict":
             p.add_argument("--prompts", default=None,
@@ -271,10 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=name + ("ions" if name == "predict" else "dings"), help="output folder")
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.set_defaults(func=cmd_predict if name == "predict" else cmd_embed)
 
-    p = sub.add_parser("export", help="text tower -> TorchScript (traced), image tower -> ONNX, with parity checks")
+    p = add("export", "text tower -> TorchScript (traced), image tower -> ONNX, with parity checks")
     p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
     p.add_argument("--out", default="bundle/models/export", help="output folder")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX (it needs the onnx extra)")
@@ -282,15 +355,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_output(session: Session) -> None:
+    """Logging level from -v / -q; third-party warnings only with --verbose."""
+    level = logging.DEBUG if session.verbose else (logging.WARNING if session.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not session.verbose:
+        for noisy in (r"torch(\..*)?", r"onnx(script)?(\..*)?", r"transformers(\..*)?", r"monai(\..*)?", r"timm(\..*)?"):
+            warnings.filterwarnings("ignore", module=noisy)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)  # argparse itself exits with 2 on a usage error
+    args.verbose = getattr(args, "verbose", False)
+    args.quiet = getattr(args, "quiet", False)
+    session = Session(args)
+    _configure_output(session)
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad arguments or inputs: no traceback
-        print(f"mammoclip {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return int(args.func(args, session))
+    except KeyboardInterrupt:
+        print(f"mammoclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the convention: one line, an exit status, a traceback on request
+        code = exit_code(err)
+        if code == EXIT_INTERNAL and isinstance(err, (ValueError, FileNotFoundError, FileExistsError)):
+            code = EXIT_USAGE  # bad arguments that the library rejects (a missing model folder, ...)
+        if session.verbose:
+            print(format_traceback(err), file=sys.stderr, end="")
+        kind = "error" if code != EXIT_INTERNAL else f"internal error ({type(err).__name__})"
+        hint = " (run again with --verbose for the traceback)" if code == EXIT_INTERNAL and not session.verbose else ""
+        print(f"mammoclip {args.command}: {kind}: {one_line(err)}{hint}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ def test_synth_command_writes_a_dataset(tmp_path):
                                                    "--width", "128", "--workers", "1", "--quiet"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary  # the summary printed is the dataset.json content
+    assert result.stdout == "" and result.stderr == ""  # --quiet is quiet
+    assert json.loads((out / "dataset.json").read_text())["counts"]["images"] == 8
     assert len(list((out / "images").rglob("*.dicom"))) == 8
     for name in ("image_text.csv", "breast-level_annotations.csv", "finding_annotations.csv", "splits.csv"):
         assert (out / name).is_file(), name
@@ -105,9 +105,12 @@ def test_inspect_reports_bad_files_and_continues(synthetic_dataset, tmp_path):
     result = subprocess.run(mammoclip_command() + ["inspect", str(bad), str(good)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 1
-    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
-    assert "error" in lines[0] and lines[0]["file"] == str(bad)
-    assert lines[1]["laterality"] in ("L", "R") and lines[1]["modality"] == "MG"
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]  # stdout: data only
+    assert len(lines) == 1 and lines[0]["laterality"] in ("L", "R") and lines[0]["modality"] == "MG"
+    failures = [line for line in result.stderr.splitlines() if line.startswith("mammoclip inspect: /")]
+    assert failures == [f"mammoclip inspect: {bad}: unreadable DICOM file (InvalidDicomError)"] or \
+        (len(failures) == 1 and failures[0].startswith(f"mammoclip inspect: {bad}: "))
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["synth", "--help"], ["preprocess", "--help"]])

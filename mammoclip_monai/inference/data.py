@@ -18,6 +18,7 @@ import torch
 from monai.data import list_data_collate
 
 from ..data.reader import MammogramReadError
+from ..utils.errors import NoInputsError
 
 __all__ = ["IMAGE_SUFFIXES", "find_image_files", "inference_datalist", "ImageDataset", "collate_readable",
            "PrepareReadableBatch", "read_error"]
@@ -27,7 +28,11 @@ PATH_COLUMNS = ("image", "path", "file", "filename")
 
 
 def find_image_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders walked recursively for DICOM/PNG/JPEG/TIFF files (sorted, hidden files skipped)."""
+    """Files as given; folders walked recursively for DICOM/PNG/JPEG/TIFF files (sorted, hidden files skipped).
+
+    A path that does not exist is kept: reading it reports "file not found" for that input only, so one
+    mistyped name among many neither stops a run nor goes unreported.
+    """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files: list[Path] = []
@@ -36,10 +41,8 @@ def find_image_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) ->
         if path.is_dir():
             files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                                 and not any(part.startswith(".") for part in p.relative_to(path).parts)))
-        elif path.is_file():
-            files.append(path)
         else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
+            files.append(path)
     return files
 
 
@@ -59,17 +62,30 @@ def _csv_items(path: Path) -> list[dict[str, str]]:
 def inference_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
     """``[{"image": path}]`` from a folder, a file, a list of them, or a CSV with an ``image``/``path`` column.
 
-    CSV paths are relative to the CSV's folder unless absolute.
+    CSV paths are relative to the CSV's folder unless absolute. Paths that do not exist stay in the list
+    (each fails on its own when read). Raises :class:`~mammoclip_monai.utils.NoInputsError` when there is
+    nothing to do: no given path exists, or the folders hold no image file.
     """
     entries = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not entries:
+        raise NoInputsError("no input given")
     items: list[dict[str, str]] = []
+    reasons: list[str] = []  # why each entry gave nothing to read, in case none did
     for entry in entries:
-        if Path(entry).suffix.lower() == ".csv":
-            items += _csv_items(Path(entry))
+        path = Path(entry)
+        if path.suffix.lower() == ".csv" and not path.is_dir():
+            found = _csv_items(path)
+            reasons.append(f"{path}: none of its {len(found)} image path(s) exists")
+        elif path.is_dir():
+            found = [{"image": str(p)} for p in find_image_files(path)]
+            reasons.append(f"{path}: no DICOM/PNG/JPEG/TIFF file in this folder")
         else:
-            items += [{"image": str(p)} for p in find_image_files(entry)]
-    if not items:
-        raise FileNotFoundError(f"no DICOM/PNG/JPEG/TIFF files in {source}")
+            found = [{"image": str(path)}]
+            reasons.append(f"{path}: no such file or folder")
+        items += found
+    if not any(os.path.exists(item["image"]) for item in items):
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        raise NoInputsError("nothing to read: " + "; ".join(reasons[:3]) + more)
     return items
 
 

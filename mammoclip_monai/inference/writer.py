@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,27 +17,37 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from ..utils.errors import InputsFailedError
 from ..utils.files import atomic_write_text
 
-__all__ = ["IDENTITY_COLUMNS", "write_predictions", "batch_identity", "batch_rows", "PredictionWriter"]
+logger = logging.getLogger("mammoclip_monai.inference")
+
+__all__ = ["IDENTITY_COLUMNS", "ZERO_SHOT_HEAD", "write_predictions", "batch_identity", "batch_rows", "PredictionWriter"]
 
 IDENTITY_COLUMNS = ("file", "image_hash", "laterality", "view")
 
 
+ZERO_SHOT_HEAD = "zero_shot"
+"""The ``head`` value of zero-shot probabilities (image embedding vs. prompt embeddings); FActOR's is ``factor``."""
+
+
 def write_predictions(rows: Sequence[dict[str, Any]], errors: Sequence[dict[str, str]], output_dir: str | os.PathLike,
-                      names: Sequence[str], stem: str = "predictions") -> dict[str, Path]:
-    """Write ``<stem>.csv`` (identity columns + one column per output) and ``<stem>.json``; atomically."""
+                      names: Sequence[str], stem: str = "predictions", head: str = ZERO_SHOT_HEAD) -> dict[str, Path]:
+    """Write ``<stem>.csv`` (identity columns, the head, one column per output) and ``<stem>.json``; atomically.
+
+    ``head`` says which head produced the probabilities, in both files: the same image gets different
+    "mass" probabilities from the zero-shot head and from FActOR.
+    """
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*IDENTITY_COLUMNS, *names], extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=[*IDENTITY_COLUMNS, "head", *names], extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**{k: row.get(k, "") for k in IDENTITY_COLUMNS},
+        writer.writerow({**{k: row.get(k, "") for k in IDENTITY_COLUMNS}, "head": head,
                          **{n: f"{row['probabilities'][n]:.6f}" for n in names}})
+    record = {"head": head, "outputs": list(names), "predictions": list(rows), "errors": list(errors)}
     paths = {"csv": atomic_write_text(buffer.getvalue(), out / f"{stem}.csv"),
-             "json": atomic_write_text(json.dumps({"outputs": list(names), "predictions": list(rows),
-                                                   "errors": list(errors)}, indent=1) + "\n", out / f"{stem}.json")}
+             "json": atomic_write_text(json.dumps(record, indent=1) + "\n", out / f"{stem}.json")}
     return paths
 
 
@@ -67,13 +78,18 @@ class PredictionWriter:
 
     Reads the batch the engine ran (``engine.state.batch``, with the ``failed`` records of
     :func:`~mammoclip_monai.inference.collate_readable`) and ``engine.state.output["pred"]``
-    (``decollate=False``).
+    (``decollate=False``). At the end it logs one line per input that failed and a summary line;
+    with ``fail_on_errors=True``, :meth:`raise_on_errors` (called after the run) raises
+    :class:`~mammoclip_monai.utils.InputsFailedError` (exit status 1 in a bundle run).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, names: Sequence[str], stem: str = "predictions") -> None:
+    def __init__(self, output_dir: str | os.PathLike, names: Sequence[str], stem: str = "predictions",
+                 fail_on_errors: bool = False, head: str = ZERO_SHOT_HEAD) -> None:
         self.output_dir = Path(output_dir)
         self.names = list(names)
         self.stem = stem
+        self.fail_on_errors = bool(fail_on_errors)
+        self.head = head
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
 
@@ -98,7 +114,19 @@ class PredictionWriter:
             self.rows.extend(batch_rows(batch, pred, self.names))
 
     def _write(self, engine: Engine) -> None:
-        paths = write_predictions(self.rows, self.errors, self.output_dir, self.names, self.stem)
-        engine.logger.info(f"wrote {len(self.rows)} prediction(s) to {paths['csv']}"
-                           + (f"; {len(self.errors)} file(s) could not be read: "
-                              + "; ".join(f"{e['file']}: {e['error']}" for e in self.errors) if self.errors else ""))
+        paths = write_predictions(self.rows, self.errors, self.output_dir, self.names, self.stem, self.head)
+        for error in self.errors:
+            logger.warning("could not read %s: %s", error["file"], error["error"])
+        total = len(self.rows) + len(self.errors)
+        summary = (f"predicted {len(self.rows)} of {total} image(s) ({self.head} head: {', '.join(self.names)}) "
+                   f"into {paths['csv']}" + (f"; {len(self.errors)} failed (listed above and in {paths['json'].name})"
+                                             if self.errors else ""))
+        logger.info(summary)
+
+    def raise_on_errors(self) -> None:
+        """After the run: with ``fail_on_errors``, failed inputs end it with exit status 1 (outside Ignite,
+        whose StatsHandler would log a traceback for an error raised inside the engine)."""
+        if self.errors and self.fail_on_errors:
+            total = len(self.rows) + len(self.errors)
+            raise InputsFailedError(f"{len(self.errors)} of {total} input(s) failed (fail_on_errors is set); "
+                                    f"the others are in {self.output_dir / (self.stem + '.csv')}")

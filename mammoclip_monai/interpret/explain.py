@@ -3,7 +3,8 @@
 What ``mammoclip explain`` runs. Files that cannot be read are reported and skipped; the others
 are processed. Outputs name images by file path only (nothing from the DICOM header):
 
-    <out>/explanations.json   per image and attribute: probability, boxes (original pixels), top neurons
+    <out>/explanations.json   per image and attribute: probability (``"head": "factor"``: FActOR's, not the
+                              zero-shot head's of ``mammoclip predict``), boxes (original pixels), top neurons
     <out>/neurons.csv         per attribute, its most frequent top neurons and their scores for every attribute
     <out>/overlays/*.png      heatmaps and boxes on the mammogram, one panel per attribute
 """
@@ -23,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.errors import user_error
+from ..utils.files import atomic_write_text
 from .factor import FActOR
 from .features import FeatureMapExtractor
 from .heatmaps import factor_heatmap, heatmap_boxes, to_original
@@ -109,18 +112,22 @@ class Explainer:
         for path in iterator:
             try:
                 record, panels = self.explain_file(path)
-            except Exception as err:  # one bad file must not lose the others
-                logger.error("skipped %s: %s", path, err)
-                errors.append({"image": str(path), "error": f"{type(err).__name__}: {err}"})
+            except Exception as err:  # a file that cannot be read must not lose the others; a bug stops the run
+                bad_input = user_error(err)
+                if bad_input is None:
+                    raise
+                reason = getattr(bad_input, "reason", str(bad_input))  # the reader's reason, not MONAI's wrapper
+                logger.warning("could not read %s: %s", path, reason)
+                errors.append({"image": str(path), "error": reason})
                 continue
             if overlays:
                 name = f"{Path(path).stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.png"
                 record["overlay"] = str(Path("overlays") / name)
                 save_overlay(out / record["overlay"], load_original(path), panels, title=Path(path).name)
             records.append(record)
-        summary = {"attributes": list(self.factor.attributes), "layer": self.extractor.layer, "images": records,
-                   "errors": errors}
-        (out / "explanations.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        summary = {"head": "factor", "attributes": list(self.factor.attributes), "layer": self.extractor.layer,
+                   "images": records, "errors": errors}
+        atomic_write_text(json.dumps(summary, indent=1) + "\n", out / "explanations.json")
         write_neuron_table(records, self.factor.attributes, out / "neurons.csv")
         return summary
 
