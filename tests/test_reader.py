@@ -1,11 +1,16 @@
 """read_mammogram on small hand-made DICOM, PNG and TIFF files: grey-scale pipeline, metadata,
-every kind of bad input, and the privacy rule. Runs on pydicom 2.4 and 3.x; no torch/MONAI."""
+every kind of bad input, size safety, quiet pydicom logging, and the privacy rule. Runs on
+pydicom 2.4 and 3.x; only the LoadMammogramd pass-through test imports torch/MONAI."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 import math
 import os
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +19,11 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -24,7 +32,8 @@ from pydicom.uid import (
 )
 
 from mammoclip_monai.data import dicom as dicom_module
-from mammoclip_monai.data.reader import MammogramReadError, image_hash, read_mammogram
+from mammoclip_monai.data import reader as reader_module
+from mammoclip_monai.data.reader import DEFAULT_MAX_PIXELS, MammogramReadError, image_hash, read_mammogram
 
 PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
@@ -127,6 +136,73 @@ def assert_image(image: np.ndarray, shape: tuple[int, int]) -> None:
     assert image.min() >= 0.0 and image.max() <= 1.0
 
 
+def rle_claiming(path: Path, rows: int, columns: int, pixels: np.ndarray = STORED) -> Path:
+    """An RLE MG file of ``pixels`` whose header then claims ``rows`` x ``columns`` (a size bomb)."""
+    make_mg(path, pixels)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.Rows, ds.Columns = rows, columns
+    save(ds, path)
+    return path
+
+
+def explicit_le_bytes(ds: Dataset) -> bytes:
+    """A data set encoded as Explicit VR Little Endian, without file meta."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def deflated_file(path: Path, body: bytes, *, stream: bytes | None = None) -> Path:
+    """A Deflated Explicit VR Little Endian file: preamble, file meta, then ``stream`` (default:
+    ``body`` deflated)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    if stream is None:
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        stream = packer.compress(body) + packer.flush()
+    path.write_bytes(b"\x00" * 128 + b"DICM" + buffer.getvalue() + stream)
+    return path
+
+
+def deflate_bomb(path: Path, inflated_mib: int) -> Path:
+    """A deflated MG header followed by a private OB element of ``inflated_mib`` MiB of zeros and no
+    pixel data: about 1 KB per inflated MiB. Built from one flushed block repeated, so that even a
+    1 GiB bomb takes milliseconds to make."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MG_FOR_PRESENTATION, generate_uid(), "MG"
+    head = explicit_le_bytes(ds) + b"\x09\x00\x10\x00LO\x04\x00FUZZ"  # private creator (0009,0010)
+    head += b"\x09\x00\x00\x10OB\x00\x00" + (inflated_mib << 20).to_bytes(4, "little")  # (0009,1000)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = packer.compress(head) + packer.flush(zlib.Z_FULL_FLUSH)
+    block = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_FULL_FLUSH)
+    again = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_FULL_FLUSH)
+    assert again == block  # after a full flush the same input gives the same bytes
+    return deflated_file(path, b"", stream=stream + block * inflated_mib + packer.flush())
+
+
+def peak_traced_bytes(action) -> int:
+    """The peak of Python-visible allocations (numpy's included) while ``action()`` runs."""
+    tracemalloc.start()
+    try:
+        action()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def refuses(path: Path, **kwargs) -> str:
+    """The reason ``read_mammogram`` gives for ``path`` (which it must refuse)."""
+    return reason_of(path, **kwargs).reason
+
+
 def linear(x: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM PS3.3 C.11.2.1.2.1 LINEAR, output range [0, 1], in float64."""
     return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
@@ -151,15 +227,30 @@ def test_minimal_mg_reads_with_contract_metadata(tmp_path):
     assert_private(repr(meta))
 
 
-def test_image_hash_is_stable_sha1_of_absolute_path(tmp_path, monkeypatch):
+def test_image_hash_is_the_content_hash_of_the_file(tmp_path, monkeypatch):
     path = make_mg(tmp_path / "a.dcm")
     _, meta = read(path)
-    assert len(meta["image_hash"]) == 16 and int(meta["image_hash"], 16) >= 0
-    assert meta["image_hash"] == hashlib.sha1(str(path.absolute()).encode()).hexdigest()[:16]
+    assert meta["image_hash"] == hashlib.sha256(path.read_bytes()).hexdigest()[:16] == image_hash(path)
+    copy = tmp_path / "elsewhere" / "b.dcm"
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    assert read(copy)[1]["image_hash"] == meta["image_hash"]  # same bytes, another path
     monkeypatch.chdir(tmp_path)
-    _, again = read(Path("a.dcm"))
-    assert again["image_hash"] == meta["image_hash"] == image_hash(path)
-    assert image_hash(tmp_path / "b.dcm") != meta["image_hash"]
+    assert read(Path("a.dcm"))[1]["image_hash"] == meta["image_hash"]
+    changed = bytearray(path.read_bytes())
+    changed[-1] ^= 1  # one pixel byte
+    (tmp_path / "c.dcm").write_bytes(bytes(changed))
+    assert image_hash(tmp_path / "c.dcm") != meta["image_hash"]
+    Image.fromarray(np.zeros((3, 4), np.uint8)).save(tmp_path / "p.png")
+    png = (tmp_path / "p.png").read_bytes()
+    assert read(tmp_path / "p.png")[1]["image_hash"] == hashlib.sha256(png).hexdigest()[:16]
+
+
+def test_image_hash_streams_files_larger_than_its_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader_module, "HASH_CHUNK_BYTES", 1000)
+    data = np.random.default_rng(3).integers(0, 256, 4321, dtype=np.uint8).tobytes()
+    (tmp_path / "blob.bin").write_bytes(data)
+    assert image_hash(tmp_path / "blob.bin") == hashlib.sha256(data).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- photometric / inversion
@@ -327,6 +418,28 @@ def test_voi_lut_with_inverse_rescale_and_signed_first_value(tmp_path):
     assert meta["voi"] == "lut" and meta["inverted"] is True
     expected = np.array([[0, 0, 0, 511, 1023, 1023]]) / 1023
     np.testing.assert_allclose(image, 1 - expected, atol=1e-6)
+
+
+def test_voi_lut_with_empty_lut_data_is_a_clear_reason(tmp_path):
+    lut = Dataset()
+    lut.add_new(0x00283002, "US", [3, 0, 8])
+    lut.add_new(0x00283006, "US", None)  # LUTData present but empty
+    path = make_mg(tmp_path / "e.dcm", VOILUTSequence=Sequence([lut]))
+    assert refuses(path) == "empty VOI LUT (LUTData has no entries)"
+    empty_ow = voi_lut([3, 0, 8], [], ow=True)
+    assert "empty VOI LUT" in refuses(make_mg(tmp_path / "o.dcm", VOILUTSequence=Sequence([empty_ow])))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("entries", [[0, 0, 0], [7, 7, 7]])
+def test_flat_voi_lut_gives_zeros_not_inverted(tmp_path, photometric, entries):
+    """A VOI LUT whose entries are all equal is a flat VOI, like a window of width 0."""
+    path = make_mg(tmp_path / "z.dcm", VOILUTSequence=Sequence([voi_lut([3, 0, 8], entries)]),
+                   PhotometricInterpretation=photometric)
+    image, meta = read(path)
+    assert meta["voi"] == "lut" and meta["inverted"] is False
+    assert_image(image, STORED.shape)
+    assert not image.any()
 
 
 def test_modality_lut_sequence(tmp_path):
@@ -594,6 +707,171 @@ def test_error_pickles(tmp_path):
     clone = pickle.loads(pickle.dumps(error))
     assert (clone.path, clone.reason, str(clone)) == (error.path, error.reason, "/x/y.dcm: no pixel data")
     assert isinstance(clone, ValueError)
+
+
+# ------------------------------------------------------------------------------ size safety
+
+def test_header_sizes_over_the_cap_are_refused_before_any_allocation(tmp_path):
+    """The review's case: a small RLE file whose header claims 20000 x 20000 (0.8 GB) or 65535 x 65535."""
+    for side in (20000, 65535):
+        path = rle_claiming(tmp_path / f"rle{side}.dcm", side, side)
+        assert path.stat().st_size < 4096
+        reasons = []
+        peak = peak_traced_bytes(lambda: reasons.append(refuses(path)))
+        assert peak < 8 << 20, f"{side}: {peak} bytes allocated"
+        assert reasons[0] == (
+            f"image too large: the header declares {side} x {side} = {side * side} pixels of 16-bit data "
+            f"({side * side * 2} bytes), over the cap of {DEFAULT_MAX_PIXELS} pixels / "
+            f"{2 * DEFAULT_MAX_PIXELS} bytes (max_pixels)")
+
+
+def test_max_pixels_is_the_cap_in_pixels_and_twice_that_in_bytes(tmp_path):
+    path = make_mg(tmp_path / "a.dcm")  # 6 x 5 pixels, 16-bit
+    assert_image(read(path, max_pixels=30)[0], STORED.shape)
+    assert "over the cap of 29 pixels / 58 bytes (max_pixels)" in refuses(path, max_pixels=29)
+    for bad in (0, -1, True, 1.5, "30", None):
+        with pytest.raises(ValueError, match="max_pixels"):
+            read_mammogram(path, max_pixels=bad)
+
+
+def test_native_data_are_checked_against_the_bytes_present(tmp_path):
+    path = make_mg(tmp_path / "n.dcm", Rows=4000, Columns=4000)  # 60 bytes for 32 MB declared
+    reasons = []
+    assert peak_traced_bytes(lambda: reasons.append(refuses(path))) < 8 << 20
+    assert reasons[0] == "truncated pixel data (60 of 32000000 bytes)"
+
+
+def test_rle_data_that_cannot_expand_to_the_declared_size_are_refused(tmp_path):
+    path = rle_claiming(tmp_path / "r.dcm", 2000, 2000)  # under the cap, but RLE expands at most 64x
+    value_bytes = len(pydicom.dcmread(path).PixelData)
+    assert refuses(path) == (
+        f"implausible compressed pixel data: the header declares 2000 x 2000 pixels (8000000 bytes) but the "
+        f"'RLE Lossless' data hold {value_bytes} bytes; more than 64:1 is not plausible")
+
+
+@pytest.mark.parametrize("syntax, pillow_format, options", [
+    (JPEG2000, "JPEG2000", {"no_jp2": True}),
+    ("1.2.840.10008.1.2.4.50", "JPEG", {}),
+])
+def test_codestream_larger_than_the_header_is_refused_before_decoding(tmp_path, monkeypatch, syntax,
+                                                                     pillow_format, options):
+    """The decoder sizes its output from the codestream, not from Rows/Columns: check it first."""
+    stream = io.BytesIO()
+    Image.fromarray(np.zeros((64, 48), np.uint8)).save(stream, format=pillow_format, **options)
+    path = make_mg(tmp_path / "c.dcm", np.zeros((8, 8), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([stream.getvalue()])
+    ds["PixelData"].VR = "OB"
+    save(ds, path)
+    monkeypatch.setattr(dicom_module, "_decoder_available", lambda uid: True)
+    decoded = []
+    monkeypatch.setattr(dicom_module, "_decode", lambda *args: decoded.append(args))
+    assert "codestream declares 64 x 48 x 1, more than the header's 8 x 8 x 1" in refuses(path)
+    assert not decoded
+
+
+def test_deflate_bomb_is_refused_after_a_bounded_inflate(tmp_path):
+    path = deflate_bomb(tmp_path / "bomb.dcm", 64)  # 64 KB that inflate to 64 MiB
+    assert path.stat().st_size < 100_000
+    max_pixels = 1 << 20
+    budget = 2 * max_pixels + dicom_module.DEFLATE_HEADER_ROOM
+    reasons = []
+    peak = peak_traced_bytes(lambda: reasons.append(refuses(path, max_pixels=max_pixels)))
+    assert peak < budget + (4 << 20)
+    assert reasons[0].startswith(f"deflated data set too large: its {path.stat().st_size - 132 - len(_meta_of(path))} "
+                                 f"bytes inflate to more than {budget} bytes")
+
+
+def _meta_of(path: Path) -> bytes:
+    """The file meta group's bytes of a file written by ``deflated_file``."""
+    data = path.read_bytes()
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[132:144 + group_length]
+
+
+def test_deflated_file_equals_its_native_twin_and_truncation_is_named(tmp_path):
+    native = make_mg(tmp_path / "n.dcm", WindowCenter=2000, WindowWidth=3000)
+    ds = pydicom.dcmread(native)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    save(ds, tmp_path / "d.dcm")
+    image, meta = read(tmp_path / "d.dcm")
+    np.testing.assert_array_equal(image, read(native)[0])
+    assert meta["voi"] == "window"
+    (tmp_path / "cut.dcm").write_bytes((tmp_path / "d.dcm").read_bytes()[:-40])
+    assert refuses(tmp_path / "cut.dcm").startswith("truncated deflated data set")
+    body = explicit_le_bytes(pydicom.dcmread(native))
+    garbage = deflated_file(tmp_path / "g.dcm", b"", stream=b"\xff" * 64 + body[:32])
+    assert refuses(garbage).startswith("corrupt deflated data set")
+
+
+def test_raster_declared_size_is_checked_before_pillow_decodes(tmp_path):
+    Image.fromarray(np.zeros((7, 4), np.uint8)).save(tmp_path / "small.png")
+    assert_image(read(tmp_path / "small.png", max_pixels=28)[0], (7, 4))
+    assert refuses(tmp_path / "small.png", max_pixels=27) == (
+        "image too large: it declares 7 rows x 4 columns x 1 band(s) = 28 values, over the cap of 27 (max_pixels)")
+    png = bytearray((tmp_path / "small.png").read_bytes())
+    for side in (9000, 20000):  # under and over Pillow's own limit (2 x 89.5 M pixels)
+        png[16:24] = side.to_bytes(4, "big") * 2  # IHDR width and height
+        png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, "big")
+        (tmp_path / f"claims{side}.png").write_bytes(bytes(png))
+        assert "max_pixels" in refuses(tmp_path / f"claims{side}.png")
+
+
+def test_load_mammogram_transforms_pass_max_pixels_through(tmp_path):
+    from mammoclip_monai.data.transforms import LoadMammogram, LoadMammogramd
+
+    path = str(make_mg(tmp_path / "a.dcm"))
+    assert tuple(LoadMammogram(max_pixels=30)(path).shape) == (1, 6, 5)
+    with pytest.raises(MammogramReadError, match="max_pixels"):
+        LoadMammogramd(keys="image", max_pixels=29)({"image": path})
+
+
+# ---------------------------------------------------------------------------- quiet pydicom
+
+class _RootOutput:
+    """A handler on the root logger, as ``logging.basicConfig()`` installs, collecting the text."""
+
+    def __enter__(self) -> io.StringIO:
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.root = logging.getLogger()
+        self.level = self.root.level
+        self.root.addHandler(self.handler)
+        self.root.setLevel(logging.DEBUG)
+        return self.stream
+
+    def __exit__(self, *exc) -> None:
+        self.root.removeHandler(self.handler)
+        self.root.setLevel(self.level)
+
+
+def test_decoder_errors_logged_by_pydicom_child_loggers_print_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dicom_module, "_decoder_available", lambda syntax: True)
+    path = encapsulated(tmp_path, JPEG2000)  # pydicom 3 logs the decoder's traceback on a child logger
+    with _RootOutput() as output:
+        assert "could not decode" in refuses(path)
+        logging.getLogger("pydicom.pixels.decoders.base").error("outside a read")
+    assert output.getvalue() == "outside a read\n"
+
+
+def test_other_threads_pydicom_logging_is_untouched(tmp_path, monkeypatch):
+    import threading
+
+    decode = dicom_module._decode
+    child = logging.getLogger("pydicom.pixels.utils")
+
+    def decode_while_another_thread_logs(*args):
+        other = threading.Thread(target=lambda: child.warning("from another thread"))
+        other.start()
+        other.join()
+        child.warning("from the reading thread")
+        return decode(*args)
+
+    monkeypatch.setattr(dicom_module, "_decode", decode_while_another_thread_logs)
+    with _RootOutput() as output:
+        read(make_mg(tmp_path / "a.dcm"))
+    assert output.getvalue() == "from another thread\n"
 
 
 # ------------------------------------------------------------------------------ raster files

@@ -7,26 +7,36 @@ Works with pydicom 2.4 (forced by MONAI Label) and 3.x: the few APIs that moved 
 detected. Imports numpy and pydicom only. Nothing from the header leaves this module except the
 allow-listed metadata of ``docs/data_formats.md``; pydicom's own warnings and log records (which
 may quote header values) are silenced while a file is read.
+
+Size safety: the header is parsed first, up to the pixel data, and the declared image is checked
+against ``max_pixels``; only then is the pixel data read, checked against what its bytes can hold
+(native: all of it present; encapsulated: a plausible compression ratio and a codestream that
+declares no more than the header), and decoded. A deflated data set is inflated by this module
+with a bounded output, never by pydicom's unbounded ``zlib.decompress``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import os
 import re
 import threading
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset, read_partial, read_preamble
 from pydicom.uid import UID
 
-from mammoclip_monai.data.reader import NOT_SUPPORTED
+from mammoclip_monai.data.reader import DEFAULT_MAX_PIXELS, NOT_SUPPORTED
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut as _pydicom_modality_lut
@@ -36,14 +46,42 @@ except ImportError:  # pydicom 2.4
 
     _get_decoder = None
 
-__all__ = ["DicomRejected", "read_dicom", "greyscale", "modality_values", "header_metadata"]
+__all__ = ["DicomRejected", "read_dicom", "greyscale", "modality_values", "header_metadata",
+           "BYTES_PER_CAPPED_PIXEL", "DEFLATE_HEADER_ROOM", "MAX_COMPRESSION_RATIO"]
 
 NO_PIXEL_DATA = "no pixel data (not an image object, or a truncated file)"
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
+_DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+_RLE = "1.2.840.10008.1.2.5"
+
+BYTES_PER_CAPPED_PIXEL = 2
+"""The pixel data may hold at most this many bytes per ``max_pixels``: a 16-bit image (what every
+mammography detector writes) at the cap. 8-bit data are capped by the pixel count, 32/64-bit data
+by these bytes."""
+DEFLATE_HEADER_ROOM = 16 << 20
+"""Bytes a deflated data set may inflate to beyond its capped pixel data (attributes, overlays)."""
+_INFLATE_STEP = 1 << 20
+"""Inflate in steps of this size, so a deflate bomb is stopped at most this far past the budget."""
+
+_JPEG_10918 = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+               "1.2.840.10008.1.2.4.70")
+MAX_COMPRESSION_RATIO = {
+    _RLE: 64,  # exact: a 2-byte PackBits replicate run gives at most 128 bytes
+    **{uid: 1_000 for uid in _JPEG_10918},  # Huffman JPEG: >= ~6 bits per 8 x 8 block (measured <= 85:1 for 8-bit)
+}
+"""Declared pixel bytes per encapsulated byte that an encapsulated syntax can plausibly reach;
+syntaxes not listed (JPEG-LS, JPEG 2000, HTJ2K, whose run / zero coding makes flat areas almost
+free) get ``_OTHER_COMPRESSION_RATIO``. Measured figures are in docs/data_formats.md ("Reading")."""
+_OTHER_COMPRESSION_RATIO = 10_000
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+# JPEG (ISO 10918 and 14495) start-of-frame markers: they carry the codestream's own frame size.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+_J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream + image and tile size marker
 
 _LIBJPEG = "pylibjpeg pylibjpeg-libjpeg"
 _OPENJPEG = "pylibjpeg pylibjpeg-openjpeg"
@@ -126,18 +164,44 @@ class _DropWhileReading(logging.Filter):
         return not getattr(_quiet_state, "active", False)
 
 
-_pydicom_logger = logging.getLogger("pydicom")
-if not any(isinstance(f, _DropWhileReading) for f in _pydicom_logger.filters):
-    _pydicom_logger.addFilter(_DropWhileReading())
+_DROP_WHILE_READING = _DropWhileReading()
+_filtered_logger_count = -1
+
+
+def _filter_pydicom_loggers() -> None:
+    """Put the filter on ``pydicom`` and on every ``pydicom.*`` logger that exists.
+
+    A logger's filters only see records created on that logger, not those its children
+    (``pydicom.pixels.decoders.base``, ...) pass up to the handlers, so each child needs it too.
+    Loggers are never removed, so the (cheap) scan reruns only when new loggers have appeared.
+    """
+    global _filtered_logger_count
+    registry = logging.Logger.manager.loggerDict
+    if len(registry) == _filtered_logger_count:
+        return
+    for name, logger in list(registry.items()):
+        if (isinstance(logger, logging.Logger) and (name == "pydicom" or name.startswith("pydicom."))
+                and not any(isinstance(f, _DropWhileReading) for f in logger.filters)):
+            logger.addFilter(_DROP_WHILE_READING)
+    _filtered_logger_count = len(registry)
+
+
+logging.getLogger("pydicom")
+_filter_pydicom_loggers()
 
 
 @contextmanager
 def _quiet_pydicom() -> Iterator[None]:
     """Silence pydicom's warnings and log records: they can quote header values (privacy rule).
 
-    ``warnings.catch_warnings`` is process-global on Python < 3.14; DataLoader workers are
-    processes, so this only matters for threaded readers, where a warning may slip through.
+    Log records are dropped for the reading thread only (a thread-local flag read by a filter on
+    every pydicom logger), so other threads' pydicom logging is untouched. A logger that pydicom
+    created in the middle of this read (none do in 2.4.4 or 3.0.2: all exist once pydicom.pixels
+    is imported) is filtered from the next read on. ``warnings.catch_warnings`` is process-global
+    on Python < 3.14; DataLoader workers are processes, so this only matters for threaded readers,
+    where a warning may slip through.
     """
+    _filter_pydicom_loggers()
     previous = getattr(_quiet_state, "active", False)
     _quiet_state.active = True
     try:
@@ -150,36 +214,167 @@ def _quiet_pydicom() -> Iterator[None]:
 
 # -------------------------------------------------------------------------------- entry point
 
-def read_dicom(path: str, *, voi: str = "auto", window_index: int = 0,
-               allow_any_modality: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode one grey-scale DICOM image; return the [0, 1] image and the allow-listed header facts."""
-    with _quiet_pydicom():
-        ds = _read_dataset(path)
-        geometry = _check_dataset(ds, allow_any_modality)
+def read_dicom(source: str | os.PathLike[str] | BinaryIO, *, voi: str = "auto", window_index: int = 0,
+               allow_any_modality: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one grey-scale DICOM image; return the [0, 1] image and the allow-listed header facts.
+
+    ``source`` is a path or an open binary file (the reader passes the file it opened, so that it
+    can hash the same file afterwards). Sizes are checked against ``max_pixels`` before the pixel
+    data are read or decoded.
+    """
+    with _quiet_pydicom(), _binary_file(source) as handle:
+        data = _DataSetSource.open(handle, max_pixels)
+        header, keyword, forced = _read_header(data)
+        _check_header(header, keyword, allow_any_modality, max_pixels)
+        ds = _read_whole(data, forced)
+        geometry = _check_dataset(ds, allow_any_modality, max_pixels)
         pixels = _decode(ds, geometry)
         image, voi_used, inverted = greyscale(pixels, ds, voi=voi, window_index=window_index)
-        header = header_metadata(ds)
-    header.update(bits_stored=geometry.bits_stored, photometric_interpretation=geometry.photometric,
-                  voi=voi_used, inverted=inverted)
-    return image, header
+        header_facts = header_metadata(ds)
+    header_facts.update(bits_stored=geometry.bits_stored, photometric_interpretation=geometry.photometric,
+                        voi=voi_used, inverted=inverted)
+    return image, header_facts
 
 
-def _read_dataset(path: str) -> Dataset:
-    """Parse the file; files without the DICM preamble are retried with ``force=True``."""
+@contextmanager
+def _binary_file(source: str | os.PathLike[str] | BinaryIO) -> Iterator[BinaryIO]:
+    """The open file itself, or a path opened (and closed) here."""
+    if hasattr(source, "read"):
+        yield source  # type: ignore[misc]
+        return
     try:
-        return pydicom.dcmread(path)
+        handle = open(os.fspath(source), "rb")  # type: ignore[arg-type]
+    except OSError as exc:
+        raise DicomRejected(f"cannot open the file ({type(exc).__name__})") from exc
+    with handle:
+        yield handle
+
+
+class _StopAtPixelData:
+    """``stop_when`` for pydicom's parser: stop at the first pixel data element, remember which."""
+
+    def __init__(self) -> None:
+        self.keyword: str | None = None
+
+    def __call__(self, tag: int, vr: str | None, length: int) -> bool:
+        self.keyword = _PIXEL_TAGS.get(int(tag))
+        return self.keyword is not None
+
+
+def _outside_file_meta(tag: int, vr: str | None, length: int) -> bool:
+    return int(tag) >> 16 != 2
+
+
+class _DataSetSource:
+    """Where the data set is parsed from: the file, or (Deflated Explicit VR Little Endian) the
+    data set this module inflated with a bounded output, parsed with the file's meta group."""
+
+    def __init__(self, handle: BinaryIO, inflated: bytes | None = None,
+                 file_meta: FileMetaDataset | None = None, preamble: bytes | None = None) -> None:
+        self.handle, self.inflated, self.file_meta, self.preamble = handle, inflated, file_meta, preamble
+
+    @classmethod
+    def open(cls, handle: BinaryIO, max_pixels: int) -> _DataSetSource:
+        """Look at the file meta group; inflate a deflated data set within the size budget."""
+        found = _deflated_file_meta(handle)
+        if found is None:
+            return cls(handle)
+        file_meta, preamble, start = found
+        budget = BYTES_PER_CAPPED_PIXEL * max_pixels + DEFLATE_HEADER_ROOM
+        return cls(handle, _inflate(handle, start, budget, max_pixels), file_meta, preamble)
+
+    def parse(self, *, force: bool, stop: _StopAtPixelData | None) -> Dataset:
+        """Parse the data set (up to the pixel data when ``stop`` is given)."""
+        if self.inflated is None:
+            self.handle.seek(0)
+            return read_partial(self.handle, stop_when=stop, force=force)
+        ds = read_dataset(io.BytesIO(self.inflated), False, True, stop_when=stop)
+        ds.file_meta = FileMetaDataset(self.file_meta)
+        ds.preamble = self.preamble
+        if not hasattr(ds, "original_encoding"):  # pydicom 2.4: its handlers read these
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+        return ds
+
+
+def _deflated_file_meta(handle: BinaryIO) -> tuple[FileMetaDataset, bytes | None, int] | None:
+    """(file meta, preamble, offset of the deflated stream) for a deflated file, else None.
+
+    Read here because pydicom inflates such files in one unbounded ``zlib.decompress`` call.
+    Anything unusual is left to the regular parse, which reports it.
+    """
+    try:
+        handle.seek(0)
+        preamble = read_preamble(handle, True)
+        meta = read_dataset(handle, False, True, stop_when=_outside_file_meta)
+        start = handle.tell()
+        syntax = _text(meta, "TransferSyntaxUID")
+    except Exception:
+        return None
+    if syntax != _DEFLATED_LE:
+        return None
+    return FileMetaDataset(meta), preamble, start
+
+
+def _inflate(handle: BinaryIO, start: int, budget: int, max_pixels: int) -> bytes:
+    """The deflated data set, inflated step by step: refused once it passes ``budget`` bytes."""
+    handle.seek(start)
+    compressed = handle.read()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pieces: list[bytes] = []
+    total, pending = 0, compressed
+    try:
+        while True:
+            piece = inflater.decompress(pending, _INFLATE_STEP)
+            total += len(piece)
+            if total > budget:
+                raise DicomRejected(
+                    f"deflated data set too large: its {len(compressed)} bytes inflate to more than "
+                    f"{budget} bytes, the cap for {max_pixels} pixels (max_pixels) "
+                    f"of {8 * BYTES_PER_CAPPED_PIXEL}-bit data plus {DEFLATE_HEADER_ROOM} bytes")
+            pieces.append(piece)
+            pending = inflater.unconsumed_tail
+            if inflater.eof or (not pending and len(piece) < _INFLATE_STEP):
+                break
+    except zlib.error as exc:
+        raise DicomRejected(f"corrupt deflated data set ({' '.join(str(exc).split())[:120]})") from exc
+    if not inflater.eof:
+        raise DicomRejected(f"truncated deflated data set ({len(compressed)} bytes end before the stream does)")
+    del compressed
+    return b"".join(pieces)
+
+
+def _read_header(data: _DataSetSource) -> tuple[Dataset, str | None, bool]:
+    """(header up to the pixel data, pixel data keyword or None, whether force was needed).
+
+    Files without the DICM preamble are retried with ``force=True``; a forced read accepts
+    almost anything, so it must have reached pixel data to be believed.
+    """
+    stop = _StopAtPixelData()
+    try:
+        return data.parse(force=False, stop=stop), stop.keyword, False
     except InvalidDicomError:
         pass
+    except DicomRejected:
+        raise
     except Exception as exc:  # pydicom parse errors, truncated headers
         raise DicomRejected(f"unreadable DICOM file ({type(exc).__name__})") from exc
+    stop = _StopAtPixelData()
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = data.parse(force=True, stop=stop)
     except Exception as exc:
         raise DicomRejected(NOT_SUPPORTED) from exc
-    # A forced read accepts almost anything, so demand an image before believing it.
-    if _pixel_keyword(ds) is None:
+    if stop.keyword is None:
         raise DicomRejected(NO_PIXEL_DATA if _looks_like_dicom(ds) else NOT_SUPPORTED)
-    return ds
+    return ds, stop.keyword, True
+
+
+def _read_whole(data: _DataSetSource, forced: bool) -> Dataset:
+    """The whole data set, pixel data included (its size was checked on the header)."""
+    try:
+        return data.parse(force=forced, stop=None)
+    except Exception as exc:
+        raise DicomRejected(f"unreadable DICOM file ({type(exc).__name__})") from exc
 
 
 def _looks_like_dicom(ds: Dataset) -> bool:
@@ -200,9 +395,11 @@ def _pixel_keyword(ds: Dataset) -> str | None:
 
 # --------------------------------------------------------------------------------- validation
 
-def _check_dataset(ds: Dataset, allow_any_modality: bool) -> _Geometry:
-    """Refuse what is not one grey-scale frame of a supported modality, cheapest checks first."""
-    keyword = _pixel_keyword(ds)
+def _check_header(ds: Dataset, keyword: str | None, allow_any_modality: bool, max_pixels: int
+                  ) -> tuple[int, int, str, int, int]:
+    """Refuse what is not one grey-scale frame of a supported modality and of a size under the cap,
+    cheapest checks first; needs no pixel bytes. Returns (rows, columns, photometric, bits
+    allocated, bits stored)."""
     if keyword is None:
         raise DicomRejected(NO_PIXEL_DATA)
     _check_modality(ds, allow_any_modality)
@@ -212,10 +409,31 @@ def _check_dataset(ds: Dataset, allow_any_modality: bool) -> _Geometry:
     photometric = _check_grey(ds)
     _check_single_frame(ds)
     bits_allocated, bits_stored = _check_bits(ds)
+    _check_size(rows, columns, bits_allocated, max_pixels)
+    return rows, columns, photometric, bits_allocated, bits_stored
+
+
+def _check_dataset(ds: Dataset, allow_any_modality: bool, max_pixels: int) -> _Geometry:
+    """The header checks again on the whole data set, then its pixel bytes and decodability."""
+    keyword = _pixel_keyword(ds)
+    rows, columns, photometric, bits_allocated, bits_stored = _check_header(
+        ds, keyword, allow_any_modality, max_pixels)
     geometry = _Geometry(rows, columns, bits_allocated, bits_stored, photometric, keyword,
                          _transfer_syntax(ds, keyword))
     _check_decodable(ds, geometry)
     return geometry
+
+
+def _check_size(rows: int, columns: int, bits_allocated: int, max_pixels: int) -> None:
+    """Rows x Columns x SamplesPerPixel (1, checked before) x bytes per sample against the cap."""
+    pixels = rows * columns
+    stored = (pixels * bits_allocated + 7) // 8
+    byte_cap = BYTES_PER_CAPPED_PIXEL * max_pixels
+    if pixels > max_pixels or stored > byte_cap:
+        raise DicomRejected(
+            f"image too large: the header declares {rows} x {columns} = {pixels} pixels of "
+            f"{bits_allocated}-bit data ({stored} bytes), over the cap of {max_pixels} pixels / "
+            f"{byte_cap} bytes (max_pixels)")
 
 
 def _check_modality(ds: Dataset, allow_any_modality: bool) -> None:
@@ -280,7 +498,7 @@ def _transfer_syntax(ds: Dataset, keyword: str) -> UID:
     uid = _text(meta, "TransferSyntaxUID") if meta is not None else ""
     if uid:
         return UID(uid)
-    if keyword == "PixelData" and _is_encapsulated(ds):
+    if _is_encapsulated(ds, keyword):
         raise DicomRejected("compressed pixel data without a transfer syntax")
     implicit, little = _original_encoding(ds)
     if little is None or implicit is None or (implicit and not little):
@@ -300,27 +518,119 @@ def _original_encoding(ds: Dataset) -> tuple[bool | None, bool | None]:
     return getattr(ds, "read_implicit_vr", None), getattr(ds, "read_little_endian", None)
 
 
-def _is_encapsulated(ds: Dataset) -> bool:
+def _is_encapsulated(ds: Dataset, keyword: str) -> bool:
     """Encapsulated (compressed) pixel data starts with an Item tag."""
-    value = ds.PixelData
-    return isinstance(value, (bytes, bytearray)) and value[:4] in (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")
+    value = _pixel_value(ds, keyword) if keyword == "PixelData" else None
+    return isinstance(value, (bytes, bytearray)) and value[:4] in (_ITEM_TAG, b"\xff\xfe\xe0\x00")
+
+
+def _pixel_value(ds: Dataset, keyword: str) -> Any:
+    """The pixel data element's value (raw bytes), None when it cannot be had."""
+    try:
+        return ds[keyword].value
+    except Exception:
+        return None
 
 
 def _check_decodable(ds: Dataset, geometry: _Geometry) -> None:
-    """Native data must be complete; compressed data needs an installed decoder."""
+    """Native data must be complete; compressed data needs an installed decoder and must be able
+    to hold the declared image (plausible ratio, codestream no larger than the header)."""
     syntax = geometry.transfer_syntax
     if not _known_transfer_syntax(syntax):
         raise DicomRejected(f"unsupported transfer syntax {str(syntax)[:64]}")
+    value = _pixel_value(ds, geometry.keyword)
+    if not isinstance(value, (bytes, bytearray)):
+        raise DicomRejected(f"unreadable {geometry.keyword} value")
+    expected = (geometry.rows * geometry.columns * geometry.bits_allocated + 7) // 8
     if syntax.is_compressed:
         if not _decoder_available(syntax):
             raise DicomRejected(
                 f"no decoder installed for transfer syntax {_syntax_name(syntax)!r}; "
                 f"install one: pip install {_DECODER_HINTS.get(str(syntax), 'pylibjpeg')}")
+        _check_encapsulated(value, syntax, geometry, expected)
         return
-    value = ds[geometry.keyword].value
-    expected = (geometry.rows * geometry.columns * geometry.bits_allocated + 7) // 8
-    if isinstance(value, (bytes, bytearray)) and len(value) < expected:
+    if len(value) < expected:
         raise DicomRejected(f"truncated pixel data ({len(value)} of {expected} bytes)")
+
+
+def _check_encapsulated(value: bytes, syntax: UID, geometry: _Geometry, expected: int) -> None:
+    """What the fragments can hold: a compression ratio no codec reaches on a real image, and the
+    codestream's own frame header (JPEG SOF, JPEG 2000 SIZ) no larger than Rows x Columns."""
+    if not _is_encapsulated_value(value):
+        raise DicomRejected(f"{_syntax_name(syntax)!r} pixel data is not encapsulated (no item tag)")
+    ratio = MAX_COMPRESSION_RATIO.get(str(syntax), _OTHER_COMPRESSION_RATIO)
+    if expected > ratio * len(value):
+        raise DicomRejected(
+            f"implausible compressed pixel data: the header declares {geometry.rows} x {geometry.columns} "
+            f"pixels ({expected} bytes) but the {_syntax_name(syntax)!r} data hold {len(value)} bytes; "
+            f"more than {ratio}:1 is not plausible")
+    shape = _codestream_shape(_first_fragment(value), syntax)
+    if shape is None:
+        return
+    rows, columns, components = shape
+    if rows * columns * components > geometry.rows * geometry.columns:  # which is under the cap
+        raise DicomRejected(
+            f"the {_syntax_name(syntax)!r} codestream declares {rows} x {columns} x {components}, "
+            f"more than the header's {geometry.rows} x {geometry.columns} x 1")
+
+
+def _is_encapsulated_value(value: bytes) -> bool:
+    return value[:4] == _ITEM_TAG
+
+
+def _first_fragment(value: bytes) -> memoryview:
+    """The first fragment after the Basic Offset Table item (empty when the items are broken)."""
+    view = memoryview(value)
+    if len(view) < 8 or bytes(view[:4]) != _ITEM_TAG:
+        return view[:0]
+    position = 8 + int.from_bytes(view[4:8], "little")
+    if len(view) < position + 8 or bytes(view[position:position + 4]) != _ITEM_TAG:
+        return view[:0]
+    length = int.from_bytes(view[position + 4:position + 8], "little")
+    return view[position + 8:position + 8 + length]
+
+
+def _codestream_shape(fragment: memoryview, syntax: UID) -> tuple[int, int, int] | None:
+    """(rows, columns, components) from a JPEG / JPEG-LS SOF or JPEG 2000 SIZ marker; None when
+    the fragment has none (RLE, or a codestream the decoder will refuse on its own)."""
+    data = bytes(fragment[:1 << 16])  # the frame header sits in the first bytes of the first fragment
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_frame_shape(data)
+    at = data.find(_J2K_SIZ)
+    if at < 0 or len(data) < at + 42:
+        return None
+    siz = at + 4  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz
+    width = int.from_bytes(data[siz + 4:siz + 8], "big") - int.from_bytes(data[siz + 12:siz + 16], "big")
+    height = int.from_bytes(data[siz + 8:siz + 12], "big") - int.from_bytes(data[siz + 16:siz + 20], "big")
+    components = int.from_bytes(data[siz + 36:siz + 38], "big")
+    return (height, width, components) if height > 0 and width > 0 else None
+
+
+def _jpeg_frame_shape(data: bytes) -> tuple[int, int, int] | None:
+    """Walk the JPEG marker segments to the start-of-frame: (Y, X, Nf); None before a scan."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        if marker in _SOF_MARKERS:
+            segment = data[position + 4:position + 2 + length]
+            if len(segment) < 6:
+                return None
+            rows = int.from_bytes(segment[1:3], "big")
+            columns = int.from_bytes(segment[3:5], "big")
+            return (rows, columns, segment[5]) if rows > 0 else None  # Y = 0: set later by a DNL marker
+        if marker == 0xDA or length < 2:  # a scan before any frame header, or a broken segment
+            return None
+        position += 2 + length
+    return None
 
 
 def _known_transfer_syntax(syntax: UID) -> bool:
@@ -368,7 +678,7 @@ def _decode(ds: Dataset, geometry: _Geometry) -> np.ndarray:
 
 def _decode_failure(syntax: UID, exc: Exception) -> str:
     """Say what failed and, for compressed data, which decoder to try."""
-    detail = " ".join(str(exc).split())[:240]
+    detail = _MEMORY_ADDRESS.sub("", " ".join(str(exc).split()))[:240]
     if "less than expected" in detail or "truncat" in detail.lower():
         return f"truncated pixel data ({detail})"
     if syntax.is_compressed:
@@ -376,6 +686,9 @@ def _decode_failure(syntax: UID, exc: Exception) -> str:
         return (f"could not decode the {_syntax_name(syntax)!r} pixel data ({type(exc).__name__}: {detail}); "
                 f"another decoder may help: pip install {hint}")
     return f"could not decode the pixel data ({type(exc).__name__}: {detail})"
+
+
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<_io.BytesIO object at 0x7f...>": the same every run
 
 
 # ------------------------------------------------------------------------ grey-scale pipeline
@@ -386,7 +699,8 @@ def greyscale(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_inde
 
     Returns ``(image, voi_used, inverted)``. The inversion is folded into the VOI mapping (a
     descending ramp, a negated sigmoid, an inverted table), so it costs no pass over the image.
-    An image the VOI leaves flat (window width <= 0, all values equal) is all zeros, not inverted.
+    An image the VOI leaves flat (window width <= 0, a VOI LUT whose entries are all equal, all
+    values equal for min-max) is all zeros, not inverted.
     """
     invert = needs_inversion(ds)
     item = _voi_lut_item(ds, window_index) if voi in ("auto", "lut") else None
@@ -558,7 +872,11 @@ def _lut_index(values: np.ndarray, first: int, entries: int) -> np.ndarray:
 
 
 def _voi_lut_table(item: Dataset, ds: Dataset, invert: bool) -> tuple[np.ndarray | None, int]:
-    """(float32 table already in [0, 1] and inverted if asked, first mapped value); None if flat."""
+    """(float32 table already in [0, 1] and inverted if asked, first mapped value); None if flat.
+
+    A table whose entries are all equal maps every value to one grey: that is a flat VOI, like a
+    window of width 0, so the image becomes zeros (not, on MONOCHROME1, ones).
+    """
     entries, first, bits = (int(v) for v in item.LUTDescriptor)
     entries = entries or 65536  # PS3.3 C.11.2.1.1: 0 means 2**16 entries
     if first >= 2 ** 15 and _optional_int(ds, "PixelRepresentation") == 1:
@@ -566,8 +884,10 @@ def _voi_lut_table(item: Dataset, ds: Dataset, invert: bool) -> tuple[np.ndarray
     data = _lut_data(item, entries, ds)
     entries = min(entries, data.size)
     if entries == 0:
-        raise DicomRejected("empty VOI LUT")
+        raise DicomRejected("empty VOI LUT (LUTData has no entries)")
     data = data[:entries]
+    if int(data.min()) == int(data.max()):
+        return None, first
     top = _lut_top(bits, int(data.max()))
     if top <= 0:
         return None, first
@@ -588,6 +908,8 @@ def _lut_top(bits: int, peak: int) -> int:
 def _lut_data(item: Dataset, entries: int, ds: Dataset) -> np.ndarray:
     """LUTData as integers: a list (US), a single value, or raw bytes (OW) in the file's byte order."""
     raw = item.LUTData
+    if raw is None:  # present but empty
+        return np.zeros(0, dtype=np.int64)
     if isinstance(raw, (bytes, bytearray)):
         if len(raw) == entries:  # 8-bit entries packed one per byte
             return np.frombuffer(raw, dtype=np.uint8).astype(np.int64)

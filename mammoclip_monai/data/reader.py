@@ -5,6 +5,10 @@ The public entry point is :func:`read_mammogram`; every problem with the input f
 that could identify a patient). The conventions (orientation, intensity range, metadata keys) are
 those of ``docs/data_formats.md``.
 
+Every file is opened once: its magic bytes, its parse and, after a successful read, the content
+hash in the metadata all come from the same open file. A declared image size is checked against
+``max_pixels`` before anything of that size is allocated (``docs/data_formats.md``, "Reading").
+
 Only numpy and Pillow are imported here; pydicom is imported when a DICOM file is read, so PNG
 datasets work in environments without it. Neither module imports torch or MONAI.
 """
@@ -14,11 +18,21 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from typing import Any
+import warnings
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["MammogramReadError", "read_mammogram", "image_hash", "VOI_MODES"]
+__all__ = ["MammogramReadError", "read_mammogram", "image_hash", "VOI_MODES", "DEFAULT_MAX_PIXELS"]
+
+DEFAULT_MAX_PIXELS = 2**26
+"""Default ``max_pixels``: 8192 x 8192 = 67,108,864 pixels. The largest real mammograms are well
+inside (Fujifilm Amulet 4728 x 5928 = 28.0 M, digitised DDSM film up to about 7000 x 5000 = 35 M,
+Hologic 3328 x 4096 = 13.6 M), and an image at the cap needs 256 MiB as float32, so a bad header
+cannot make one read ask for gigabytes. Raise it per call for larger digitised film."""
+
+HASH_CHUNK_BYTES = 1 << 20
+"""``image_hash`` reads the file in pieces of this size: constant memory whatever the file size."""
 
 VOI_MODES = ("auto", "lut", "window", "minmax", "range")
 """Accepted values of ``voi``: how stored DICOM values are mapped to ``[0, 1]``."""
@@ -51,9 +65,28 @@ class MammogramReadError(ValueError):
 
 
 def image_hash(path: str | os.PathLike[str]) -> str:
-    """First 16 hex digits of SHA-1 of the absolute path: refers to an image without naming anyone."""
-    absolute = os.path.abspath(os.fspath(path))
-    return hashlib.sha1(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    """The file's content hash: the first 16 hex digits of SHA-256 of all its bytes, as stored.
+
+    Names an image without naming anyone, and is the same for a copy of the file anywhere (a cache
+    key); one changed byte changes it. Read in ``HASH_CHUNK_BYTES`` pieces (constant memory).
+    ``read_mammogram`` puts the same value into ``meta["image_hash"]`` from the file it read.
+    """
+    with open(os.fspath(path), "rb") as handle:
+        return _content_hash(handle)
+
+
+def _content_hash(handle: BinaryIO) -> str:
+    """SHA-256 of every byte of an open binary file, from its start; 16 hex digits."""
+    handle.seek(0)
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK_BYTES)
+    view = memoryview(buffer)
+    while True:
+        count = handle.readinto(buffer)
+        if not count:
+            break
+        digest.update(view[:count])
+    return digest.hexdigest()[:16]
 
 
 def read_mammogram(
@@ -62,6 +95,7 @@ def read_mammogram(
     voi: str = "auto",
     window_index: int = 0,
     allow_any_modality: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a mammogram as a C-contiguous float32 ``(H, W)`` array in ``[0, 1]`` plus metadata.
 
@@ -70,20 +104,23 @@ def read_mammogram(
     (``"auto"``: VOI LUT, else window, else min-max; or force ``"lut"``, ``"window"``,
     ``"minmax"``, ``"range"``); ``window_index`` selects among several windows or VOI LUTs (an
     index that does not exist falls back to the first). Non-MG DICOM files are refused unless
-    ``allow_any_modality``.
+    ``allow_any_modality``. An image that declares more than ``max_pixels`` pixels (rows x
+    columns x samples) is refused before it is decoded, so a corrupt or hostile header cannot
+    exhaust memory (default :data:`DEFAULT_MAX_PIXELS`).
 
     Raises:
         MammogramReadError: for any problem with the file (never another exception type).
-        ValueError: for an invalid ``voi`` or ``window_index`` (a caller bug, raised before the file
-            is read).
+        ValueError: for an invalid ``voi``, ``window_index`` or ``max_pixels`` (a caller bug,
+            raised before the file is read).
     """
-    _check_arguments(voi, window_index)
+    _check_arguments(voi, window_index, max_pixels)
     name = os.fsdecode(path)
     try:
-        image, header = _dispatch(name, voi=voi, window_index=int(window_index),
-                                  allow_any_modality=bool(allow_any_modality))
+        image, header, digest = _dispatch(name, voi=voi, window_index=int(window_index),
+                                          allow_any_modality=bool(allow_any_modality),
+                                          max_pixels=int(max_pixels))
         image = _finalise(image)
-        meta = _assemble_meta(name, image, header)
+        meta = _assemble_meta(name, image, header, digest)
     except MammogramReadError:
         raise
     except Exception as exc:  # final guard: callers only ever see MammogramReadError
@@ -91,37 +128,56 @@ def read_mammogram(
     return image, meta
 
 
-def _check_arguments(voi: str, window_index: int) -> None:
+def _check_arguments(voi: str, window_index: int, max_pixels: int) -> None:
     """Reject invalid options early: they are programming errors, not bad files."""
     if voi not in VOI_MODES:
         raise ValueError(f"voi must be one of {VOI_MODES}, got {voi!r}")
     if isinstance(window_index, bool) or not isinstance(window_index, (int, np.integer)):
         raise ValueError(f"window_index must be an int, got {window_index!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
 
 
-def _dispatch(path: str, *, voi: str, window_index: int, allow_any_modality: bool
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decide the format from the file's magic bytes, then its extension, and read it."""
-    kind = _sniff(path)
-    if kind == "dicom":
-        return _read_dicom(path, voi=voi, window_index=window_index,
-                           allow_any_modality=allow_any_modality)
-    if kind == "raster":
-        return read_raster(path)
-    raise MammogramReadError(path, NOT_SUPPORTED)
-
-
-def _sniff(path: str) -> str | None:
-    """Return "dicom", "raster" or None; magic bytes win over the extension."""
+def _dispatch(path: str, *, voi: str, window_index: int, allow_any_modality: bool, max_pixels: int
+              ) -> tuple[np.ndarray, dict[str, Any], str]:
+    """Open the file once: decide its format from its magic bytes (then its extension), read it,
+    and hash the same open file's bytes (only after a successful read: refusals cost no hash)."""
     if not os.path.exists(path):
         raise MammogramReadError(path, "file not found")
     if not os.path.isfile(path):
         raise MammogramReadError(path, "not a regular file")
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
+        handle = open(path, "rb")
     except OSError as exc:
         raise MammogramReadError(path, f"cannot open the file ({type(exc).__name__})") from exc
+    with handle:
+        kind = _sniff(path, _read_head(path, handle))
+        if kind == "dicom":
+            image, header = _read_dicom(path, handle, voi=voi, window_index=window_index,
+                                        allow_any_modality=allow_any_modality, max_pixels=max_pixels)
+        elif kind == "raster":
+            image, header = read_raster(path, handle, max_pixels=max_pixels)
+        else:
+            raise MammogramReadError(path, NOT_SUPPORTED)
+        try:
+            digest = _content_hash(handle)
+        except OSError as exc:
+            raise MammogramReadError(path, f"cannot read the file ({type(exc).__name__})") from exc
+    return image, header, digest
+
+
+def _read_head(path: str, handle: BinaryIO) -> bytes:
+    """The first 132 bytes (DICOM preamble and magic), the handle left at the start."""
+    try:
+        head = handle.read(132)
+        handle.seek(0)
+    except OSError as exc:
+        raise MammogramReadError(path, f"cannot read the file ({type(exc).__name__})") from exc
+    return head
+
+
+def _sniff(path: str, head: bytes) -> str | None:
+    """Return "dicom", "raster" or None; magic bytes win over the extension."""
     if not head:
         raise MammogramReadError(path, f"{NOT_SUPPORTED} (empty file)")
     if head[128:132] == b"DICM":
@@ -137,37 +193,51 @@ def _sniff(path: str) -> str | None:
     return None
 
 
-def _read_dicom(path: str, *, voi: str, window_index: int, allow_any_modality: bool
-                ) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_dicom(path: str, handle: BinaryIO, *, voi: str, window_index: int, allow_any_modality: bool,
+                max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Delegate to the DICOM module, turning its rejections into MammogramReadError."""
     try:
         from mammoclip_monai.data import dicom
     except ImportError as exc:  # pydicom missing: say what to install
         raise MammogramReadError(path, "reading DICOM needs pydicom (pip install pydicom)") from exc
     try:
-        return dicom.read_dicom(path, voi=voi, window_index=window_index,
-                                allow_any_modality=allow_any_modality)
+        return dicom.read_dicom(handle, voi=voi, window_index=window_index,
+                                allow_any_modality=allow_any_modality, max_pixels=max_pixels)
     except dicom.DicomRejected as exc:
         raise MammogramReadError(path, exc.reason) from exc.__cause__
 
 
 # ----------------------------------------------------------------------------------- raster files
 
-def read_raster(path: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read an 8/16-bit grey PNG, JPEG or TIFF, dividing by the range of its pixel type."""
+def read_raster(path: str, handle: BinaryIO | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an 8/16-bit grey PNG, JPEG or TIFF, dividing by the range of its pixel type.
+
+    ``handle`` is the open file (``path`` names it in messages; opened here when None). The size
+    the file declares is checked against ``max_pixels`` before Pillow decodes anything.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path, formats=_RASTER_FORMATS) as img:
-            if int(getattr(img, "n_frames", 1)) > 1:
-                raise MammogramReadError(path, f"multi-frame image ({img.n_frames} frames) is not supported")
-            img.load()
-            image, bits = _raster_to_grey(path, img)
+        with warnings.catch_warnings():
+            # Pillow warns from 2**28 / 3 pixels on: our cap decides, its warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(handle if handle is not None else path, formats=_RASTER_FORMATS) as img:
+                if int(getattr(img, "n_frames", 1)) > 1:
+                    raise MammogramReadError(path, f"multi-frame image ({img.n_frames} frames) is not supported")
+                _check_raster_size(path, img, max_pixels)
+                img.load()
+                image, bits = _raster_to_grey(path, img)
     except MammogramReadError:
         raise
     except UnidentifiedImageError as exc:
         raise MammogramReadError(path, NOT_SUPPORTED) from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses more than 2 * PIL.Image.MAX_IMAGE_PIXELS at open, before our check can run.
+        raise MammogramReadError(
+            path, f"image declares more than {2 * int(Image.MAX_IMAGE_PIXELS or 0)} pixels, Pillow's own limit "
+                  f"(PIL.Image.MAX_IMAGE_PIXELS); the reader's cap is {max_pixels} (max_pixels)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise MammogramReadError(path, f"truncated or corrupt image file ({type(exc).__name__})") from exc
     header = {
         "laterality": "unknown", "view": "unknown",
@@ -176,6 +246,17 @@ def read_raster(path: str) -> tuple[np.ndarray, dict[str, Any]]:
         "voi": "range", "inverted": False, "modality": "unknown", "manufacturer": "",
     }
     return image, header
+
+
+def _check_raster_size(path: str, img: Any, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` values (pixels x bands)."""
+    width, height = (int(v) for v in img.size)
+    bands = len(img.getbands())
+    declared = width * height * bands
+    if declared > max_pixels:
+        raise MammogramReadError(
+            path, f"image too large: it declares {height} rows x {width} columns x {bands} band(s) = "
+                  f"{declared} values, over the cap of {max_pixels} (max_pixels)")
 
 
 def _raster_to_grey(path: str, img: Any) -> tuple[np.ndarray, int]:
@@ -249,11 +330,11 @@ def _finalise(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image, dtype=np.float32)
 
 
-def _assemble_meta(path: str, image: np.ndarray, header: dict[str, Any]) -> dict[str, Any]:
+def _assemble_meta(path: str, image: np.ndarray, header: dict[str, Any], digest: str) -> dict[str, Any]:
     """The contract's metadata: exactly these keys, in this order, copied from an allow-list."""
     return {
         "filename_or_obj": path,
-        "image_hash": image_hash(path),
+        "image_hash": digest,
         "laterality": str(header["laterality"]),
         "view": str(header["view"]),
         "pixel_spacing": (float(header["pixel_spacing"][0]), float(header["pixel_spacing"][1])),

@@ -41,7 +41,7 @@ from monai.utils.enums import TraceKeys
 
 from . import geometry
 from .breast import find_breast
-from .reader import read_mammogram
+from .reader import DEFAULT_MAX_PIXELS, read_mammogram
 
 # ----------------------------------------------------------------------------- reading
 
@@ -52,16 +52,20 @@ class LoadMammogram(Transform):
     Applies the modality LUT, the VOI LUT or window, and MONOCHROME1 inversion (see
     :func:`mammoclip_monai.data.reader.read_mammogram`). The affine carries the pixel spacing
     (1 mm when unknown); the metadata holds only the allow-listed keys of docs/data_formats.md.
+    ``max_pixels`` caps the size a file may declare (refused before decoding: a bad header cannot
+    exhaust memory).
     """
 
-    def __init__(self, voi: str = "auto", window_index: int = 0, allow_any_modality: bool = False) -> None:
+    def __init__(self, voi: str = "auto", window_index: int = 0, allow_any_modality: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.voi = voi
         self.window_index = window_index
         self.allow_any_modality = allow_any_modality
+        self.max_pixels = max_pixels
 
     def __call__(self, path: str) -> MetaTensor:
         array, meta = read_mammogram(str(path), voi=self.voi, window_index=self.window_index,
-                                     allow_any_modality=self.allow_any_modality)
+                                     allow_any_modality=self.allow_any_modality, max_pixels=self.max_pixels)
         spacing = [s if math.isfinite(s) and s > 0 else 1.0 for s in meta["pixel_spacing"]]
         affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0], dtype=torch.float64))
         return MetaTensor(torch.from_numpy(array)[None], affine=affine, meta=meta)
@@ -77,9 +81,10 @@ class LoadMammogramd(MapTransform):
 
     def __init__(self, keys: KeysCollection = "image", voi: str = "auto", window_index: int = 0,
                  allow_any_modality: bool = False, fill_from_data: Sequence[str] = ("laterality", "view"),
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadMammogram(voi=voi, window_index=window_index, allow_any_modality=allow_any_modality)
+        self.loader = LoadMammogram(voi=voi, window_index=window_index, allow_any_modality=allow_any_modality,
+                                    max_pixels=max_pixels)
         self.fill_from_data = tuple(fill_from_data)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
