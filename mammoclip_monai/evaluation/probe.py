@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..engines.evaluator import image_paths
+from ..utils.progress import progress as show_progress
 
 logger = logging.getLogger("mammoclip_monai.evaluation")
 
@@ -105,8 +106,9 @@ class ImageClassifier(nn.Module):
 
 @torch.no_grad()
 def embed_images(encoder: nn.Module, loader: Iterable[Mapping[str, Any]], label_keys: Sequence[str],
-                 device: torch.device | str = "cpu", image_key: str = "image") -> dict[str, np.ndarray]:
-    """Pooled features of every image of ``loader`` with the encoder in eval mode, once.
+                 device: torch.device | str = "cpu", image_key: str = "image", progress: bool = True,
+                 desc: str = "embedding images") -> dict[str, np.ndarray]:
+    """Pooled features of every image of ``loader`` with the encoder in eval mode, once (with a progress bar).
 
     Returns ``{"features": (N, D), <label_key>: (N,), "image_path": (N,)}`` and, where the batches
     carry them, ``patient_id`` and ``laterality`` (what :func:`breast_mean` groups by).
@@ -116,7 +118,8 @@ def embed_images(encoder: nn.Module, loader: Iterable[Mapping[str, Any]], label_
     features, paths = [], []
     labels: dict[str, list[np.ndarray]] = {k: [] for k in label_keys}
     groups: dict[str, list[str]] = {k: [] for k in BREAST_KEYS}
-    for batch in loader:
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    for batch in show_progress(loader, desc, total=total, unit="batch", enabled=progress):
         paths.extend(image_paths(batch, image_key))
         for key in BREAST_KEYS:
             if key in batch:
@@ -159,7 +162,8 @@ def breast_mean(cache: Mapping[str, np.ndarray], label_keys: Sequence[str]) -> d
 
 
 def embed_datalist(encoder: nn.Module, items: Sequence[Mapping[str, Any]], transform: Any, label_keys: Sequence[str],
-                   device: torch.device | str = "cpu", batch_size: int = 16, num_workers: int = 0) -> dict[str, np.ndarray]:
+                   device: torch.device | str = "cpu", batch_size: int = 16, num_workers: int = 0,
+                   progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`embed_images` over a datalist run through ``transform`` (the deterministic preprocessing)."""
     from monai.data import DataLoader, Dataset
 
@@ -169,7 +173,8 @@ def embed_datalist(encoder: nn.Module, items: Sequence[Mapping[str, Any]], trans
         raise ValueError("the datalist to embed is empty")
     loader = DataLoader(Dataset(batchable(items, label_keys), transform), batch_size=batch_size,
                         num_workers=num_workers)
-    return embed_images(encoder, loader, label_keys, device=device)
+    return embed_images(encoder, loader, label_keys, device=device, progress=progress,
+                        desc=f"embedding {len(items)} images")
 
 
 def _target(index: int, binary: bool) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..engines.evaluator import image_paths
+from ..utils.progress import progress as show_progress
 
 __all__ = ["FeatureMapExtractor", "default_feature_layer", "cache_feature_maps"]
 
@@ -68,8 +69,9 @@ class FeatureMapExtractor(nn.Module):
 @torch.no_grad()
 def cache_feature_maps(extractor: nn.Module, items: Sequence[Mapping[str, Any]], transform: Any,
                        label_keys: Sequence[str], device: torch.device | str = "cpu", batch_size: int = 8,
-                       num_workers: int = 0, dtype: torch.dtype = torch.float16) -> list[dict[str, Any]]:
-    """Run every item through ``transform`` and the frozen ``extractor`` once.
+                       num_workers: int = 0, dtype: torch.dtype = torch.float16, progress: bool = True,
+                       desc: str = "caching feature maps") -> list[dict[str, Any]]:
+    """Run every item through ``transform`` and the frozen ``extractor`` once (with a progress bar).
 
     Returns a datalist ``{"image": (C, h, w) feature map, "label": (A,) long, "image_path"}`` with
     one label per ``label_keys`` entry (-1 unknown). Maps are stored as ``dtype`` (half the memory).
@@ -85,7 +87,7 @@ def cache_feature_maps(extractor: nn.Module, items: Sequence[Mapping[str, Any]],
     was_training = extractor.training
     extractor.eval()
     out = []
-    for batch in loader:
+    for batch in show_progress(loader, desc, total=len(loader), unit="batch", enabled=progress):
         image = batch["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image
         maps = extractor(image.to(device)).to("cpu", dtype)

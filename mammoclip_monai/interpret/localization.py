@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..data.geometry import as_boxes, box_iou
+from ..utils.progress import progress as show_progress
 from .features import default_feature_layer
 from .heatmaps import cam_map, factor_heatmap, gradcam_map, heatmap_boxes, to_original
 
@@ -92,7 +93,8 @@ class LocalizationEvaluator:
     def __init__(self, model: torch.nn.Module, factor: torch.nn.Module, extractor: torch.nn.Module, preprocessing: Any,
                  findings: Mapping[str, Sequence[str]], label_keys: Mapping[str, str] | None = None,
                  methods: Sequence[str] = METHODS, top_k: int = 10, threshold: float = 0.5, max_boxes: int = 3,
-                 device: torch.device | str = "cpu", thresholds: Sequence[float] | None = None) -> None:
+                 device: torch.device | str = "cpu", thresholds: Sequence[float] | None = None,
+                 progress: bool = True) -> None:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown localisation method(s) {unknown}; choose from {list(METHODS)}")
@@ -106,6 +108,7 @@ class LocalizationEvaluator:
         self.methods = tuple(methods)
         self.top_k, self.threshold, self.max_boxes = int(top_k), float(threshold), int(max_boxes)
         self.device = torch.device(device)
+        self.progress = bool(progress)  # a bar over the images of each pass (they take minutes at real sizes)
         self.thresholds = sorted(float(t) for t in (thresholds or []))
         if any(not 0.0 < t < 1.0 for t in self.thresholds):
             raise ValueError(f"box thresholds are fractions of the heatmap peak in (0, 1), got {self.thresholds}")
@@ -143,11 +146,11 @@ class LocalizationEvaluator:
                 maps["cam"] = cam_map(self.model, embeddings, x, self.cam_layer)[0]
         return out
 
-    def heatmaps(self, items: Sequence[Mapping[str, Any]]
+    def heatmaps(self, items: Sequence[Mapping[str, Any]], desc: str = "heatmaps"
                  ) -> Iterator[tuple[Mapping[str, Any], str, np.ndarray, dict[str, torch.Tensor]]]:
         """``(item, attribute, ground-truth boxes, {method: heatmap in file pixels})`` for
         every item with the attribute and a box of it (each image preprocessed and embedded once)."""
-        for item in items:
+        for item in show_progress(items, desc, enabled=self.progress):
             truth = {a: ground_truth_boxes(item, self.findings[a]) for a in self.factor.attributes
                      if int(item.get(self.label_keys[a], -1)) == 1}
             truth = {a: gt for a, gt in truth.items() if len(gt)}
@@ -164,7 +167,7 @@ class LocalizationEvaluator:
             return {}
         hits: dict[tuple[str, str], np.ndarray] = {}
         counts: dict[tuple[str, str], int] = {}
-        for _item, attribute, gt, heats in self.heatmaps(items):
+        for _item, attribute, gt, heats in self.heatmaps(items, "choosing box thresholds (validation)"):
             for method, heat in heats.items():
                 counts[(attribute, method)] = counts.get((attribute, method), 0) + 1
                 row = hits.setdefault((attribute, method), np.zeros(len(self.thresholds)))
@@ -187,7 +190,7 @@ class LocalizationEvaluator:
 
         per_image: list[dict[str, Any]] = []
         overlays = dict.fromkeys(self.factor.attributes, 0)
-        for item, attribute, gt, heats in self.heatmaps(items):
+        for item, attribute, gt, heats in self.heatmaps(items, "localisation and overlays (test)"):
             panels = {}
             for method, heat in heats.items():
                 threshold = self.threshold_for(attribute, method)
