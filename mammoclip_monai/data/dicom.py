@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial, read_preamble
@@ -266,23 +267,47 @@ def _outside_file_meta(tag: int, vr: str | None, length: int) -> bool:
     return int(tag) >> 16 != 2
 
 
+class _ClampedReader:
+    """A read-only view of an open file whose ``read(n)`` never asks for more than what is left.
+
+    pydicom reads an element's value with ``read(length)`` using the length the file declares, and
+    a buffered file allocates ``length`` bytes before reading: a corrupt 4 GB length costs 4 GB.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._size = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(self._size - self._handle.tell(), 0)
+        return self._handle.read(left if size is None or size < 0 else min(size, left))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
 class _DataSetSource:
     """Where the data set is parsed from: the file, or (Deflated Explicit VR Little Endian) the
     data set this module inflated with a bounded output, parsed with the file's meta group."""
 
-    def __init__(self, handle: BinaryIO, inflated: bytes | None = None,
+    def __init__(self, reader: _ClampedReader, inflated: bytes | None = None,
                  file_meta: FileMetaDataset | None = None, preamble: bytes | None = None) -> None:
-        self.handle, self.inflated, self.file_meta, self.preamble = handle, inflated, file_meta, preamble
+        self.handle, self.inflated, self.file_meta, self.preamble = reader, inflated, file_meta, preamble
 
     @classmethod
     def open(cls, handle: BinaryIO, max_pixels: int) -> _DataSetSource:
         """Look at the file meta group; inflate a deflated data set within the size budget."""
-        found = _deflated_file_meta(handle)
+        reader = _ClampedReader(handle)
+        found = _deflated_file_meta(reader)
         if found is None:
-            return cls(handle)
+            return cls(reader)
         file_meta, preamble, start = found
         budget = BYTES_PER_CAPPED_PIXEL * max_pixels + DEFLATE_HEADER_ROOM
-        return cls(handle, _inflate(handle, start, budget, max_pixels), file_meta, preamble)
+        return cls(reader, _inflate(reader, start, budget, max_pixels), file_meta, preamble)
 
     def parse(self, *, force: bool, stop: _StopAtPixelData | None) -> Dataset:
         """Parse the data set (up to the pixel data when ``stop`` is given)."""
@@ -297,7 +322,7 @@ class _DataSetSource:
         return ds
 
 
-def _deflated_file_meta(handle: BinaryIO) -> tuple[FileMetaDataset, bytes | None, int] | None:
+def _deflated_file_meta(handle: _ClampedReader) -> tuple[FileMetaDataset, bytes | None, int] | None:
     """(file meta, preamble, offset of the deflated stream) for a deflated file, else None.
 
     Read here because pydicom inflates such files in one unbounded ``zlib.decompress`` call.
@@ -316,7 +341,7 @@ def _deflated_file_meta(handle: BinaryIO) -> tuple[FileMetaDataset, bytes | None
     return FileMetaDataset(meta), preamble, start
 
 
-def _inflate(handle: BinaryIO, start: int, budget: int, max_pixels: int) -> bytes:
+def _inflate(handle: _ClampedReader, start: int, budget: int, max_pixels: int) -> bytes:
     """The deflated data set, inflated step by step: refused once it passes ``budget`` bytes."""
     handle.seek(start)
     compressed = handle.read()
@@ -440,7 +465,7 @@ def _check_modality(ds: Dataset, allow_any_modality: bool) -> None:
     """Only MG by default; the message names the modality so the caller knows what was refused."""
     modality = _text(ds, "Modality").upper()
     if modality != "MG" and not allow_any_modality:
-        shown = repr(modality[:16]) if modality else "missing"
+        shown = repr(_shown(modality)) if modality else "missing"
         raise DicomRejected(f"modality {shown} is not MG (pass allow_any_modality=True to read it)")
 
 
@@ -450,14 +475,16 @@ def _check_grey(ds: Dataset) -> str:
     photometric = _text(ds, "PhotometricInterpretation").upper()
     if not photometric and samples in (None, 1):
         photometric = "MONOCHROME2"
-        ds.PhotometricInterpretation = photometric
+        _replace(ds, "PhotometricInterpretation", "CS", photometric)
     if samples is None and photometric in MONOCHROME:
         samples = 1
-        ds.SamplesPerPixel = 1
+        _replace(ds, "SamplesPerPixel", "US", 1)
     if samples != 1 or photometric not in MONOCHROME:
         raise DicomRejected(
-            f"colour image (PhotometricInterpretation {photometric[:16] or 'missing'}, "
+            f"colour image (PhotometricInterpretation {_shown(photometric) or 'missing'}, "
             f"SamplesPerPixel {samples}) is not supported; a mammogram is grey-scale")
+    if _get(ds, "PhotometricInterpretation") != photometric:  # "monochrome2 ", or several values
+        _replace(ds, "PhotometricInterpretation", "CS", photometric)  # the decoders want the defined term
     return photometric
 
 
@@ -484,11 +511,14 @@ def _check_bits(ds: Dataset) -> tuple[int, int]:
     stored = _optional_int(ds, "BitsStored")
     if stored is None:
         stored = allocated
-        ds.BitsStored = allocated
+        _replace(ds, "BitsStored", "US", allocated)
     if not 1 <= stored <= allocated:
         raise DicomRejected(f"invalid BitsStored {stored} (BitsAllocated {allocated})")
-    if _optional_int(ds, "PixelRepresentation") is None:
-        ds.PixelRepresentation = 0
+    representation = _optional_int(ds, "PixelRepresentation")
+    if representation is None:
+        _replace(ds, "PixelRepresentation", "US", 0)
+    elif representation not in (0, 1):
+        raise DicomRejected(f"invalid PixelRepresentation {representation} (expected 0 or 1)")
     return allocated, stored
 
 
@@ -506,7 +536,7 @@ def _transfer_syntax(ds: Dataset, keyword: str) -> UID:
     uid = _IMPLICIT_LE if implicit else (_EXPLICIT_LE if little else _EXPLICIT_BE)
     if meta is None:
         ds.file_meta = meta = FileMetaDataset()
-    meta.TransferSyntaxUID = UID(uid)
+    _replace(meta, "TransferSyntaxUID", "UI", UID(uid))
     return UID(uid)
 
 
@@ -524,6 +554,18 @@ def _is_encapsulated(ds: Dataset, keyword: str) -> bool:
     return isinstance(value, (bytes, bytearray)) and value[:4] in (_ITEM_TAG, b"\xff\xfe\xe0\x00")
 
 
+def _vr_of(ds: Dataset, keyword: str) -> str:
+    try:
+        return str(ds[keyword].VR)
+    except Exception:
+        return "?"
+
+
+def _shown(text: str, limit: int = 16) -> str:
+    """A header value as it may appear in a reason: short, printable ASCII, one line."""
+    return re.sub(r"[^\x20-\x7e]", "?", text[:limit])
+
+
 def _pixel_value(ds: Dataset, keyword: str) -> Any:
     """The pixel data element's value (raw bytes), None when it cannot be had."""
     try:
@@ -537,11 +579,14 @@ def _check_decodable(ds: Dataset, geometry: _Geometry) -> None:
     to hold the declared image (plausible ratio, codestream no larger than the header)."""
     syntax = geometry.transfer_syntax
     if not _known_transfer_syntax(syntax):
-        raise DicomRejected(f"unsupported transfer syntax {str(syntax)[:64]}")
+        raise DicomRejected(f"unsupported transfer syntax {_shown(str(syntax), 64)}")
     value = _pixel_value(ds, geometry.keyword)
-    if not isinstance(value, (bytes, bytearray)):
-        raise DicomRejected(f"unreadable {geometry.keyword} value")
     expected = (geometry.rows * geometry.columns * geometry.bits_allocated + 7) // 8
+    if value is None or (isinstance(value, (bytes, bytearray)) and not value):
+        raise DicomRejected(f"truncated pixel data (0 of {expected} bytes)")
+    if not isinstance(value, (bytes, bytearray)):
+        raise DicomRejected(f"unreadable {geometry.keyword} (VR {_shown(str(_vr_of(ds, geometry.keyword)))}; "
+                            f"pixel data are OB or OW)")
     if syntax.is_compressed:
         if not _decoder_available(syntax):
             raise DicomRejected(
@@ -1122,6 +1167,12 @@ def pixel_spacing(ds: Dataset) -> tuple[tuple[float, float], str]:
 
 
 # -------------------------------------------------------------------------- safe tag access
+
+def _replace(ds: Dataset, keyword: str, vr: str, value: Any) -> None:
+    """Set a default or normalised value as a new element of the right VR: the file's element may
+    carry a wrong one (a sequence, say) that the value cannot be assigned to."""
+    ds.add_new(tag_for_keyword(keyword), vr, value)
+
 
 def _get(ds: Any, keyword: str) -> Any:
     """``ds.get(keyword)`` that never raises (badly encoded values convert lazily)."""
