@@ -12,7 +12,7 @@ The cases run in a child process (this file run as a script) whose address space
 ``i`` is generated from ``numpy.random.default_rng([seed, i])`` alone; a failure names the case,
 its mutations and the seed, and one case re-runs in the foreground with::
 
-    python tests/test_reader_fuzz.py --seed SEED --only INDEX
+    python tests/test_reader_fuzz.py --seed SEED --only INDEX [--save case.dcm]
 """
 
 from __future__ import annotations
@@ -623,18 +623,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--count", type=int, default=CASES)
     parser.add_argument("--only", type=int, help="run one case (negative: a fixed review case) in the foreground")
+    parser.add_argument("--save", metavar="FILE", help="with --only: also keep the generated file")
     parser.add_argument("--worker", metavar="DIR", help="the child process of the test: write cases to DIR")
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args.seed, args.count, Path(args.worker), None)
+    if args.only is None:
+        parser.error("pass --only INDEX (the test runs every case)")
     with tempfile.TemporaryDirectory() as folder:
         case = make_cases(args.seed, args.count, Path(folder), args.only)[0]
-        path = Path(folder) / "case.dcm"
+        path = Path(args.save) if args.save else Path(folder) / "case.dcm"
         path.write_bytes(case.data)
         print(" + ".join(case.steps))
-        image, meta = read_mammogram(path)  # a failure shows its full traceback here
-        print("loaded", image.shape, image.dtype, float(image.min()), float(image.max()), meta["voi"])
-    return 0
+        signal.signal(signal.SIGALRM, _on_alarm)
+        outcome, detail = check(case, path)  # the same verdict as in the test
+        print(outcome, detail)
+        if outcome == "FAIL":
+            read_mammogram(path)  # show the traceback behind it
+    return 1 if outcome == "FAIL" else 0
 
 
 if __name__ == "__main__":
