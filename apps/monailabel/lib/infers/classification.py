@@ -62,6 +62,9 @@ class MammoClipClassification(BundleInferTask):
         self.output_names: List[str] = []
         if not self.is_valid():
             return
+        # The parent offers the bundle's models/*.pt as a request option and loads the file a
+        # request names (joined to models/, so an absolute path loads any file): serve model.pt only.
+        self._config.pop("model_filename", None)
         self.output_names = self._read_output_names()
         # The parent builds labels from metadata.json, lower-cased ("density_a"): keep the bundle's names.
         self.labels = {name: index for index, name in enumerate(self.output_names)}
