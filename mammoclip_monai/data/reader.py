@@ -105,8 +105,9 @@ def read_mammogram(
     ``"minmax"``, ``"range"``); ``window_index`` selects among several windows or VOI LUTs (an
     index that does not exist falls back to the first). Non-MG DICOM files are refused unless
     ``allow_any_modality``. An image that declares more than ``max_pixels`` pixels (rows x
-    columns x samples) is refused before it is decoded, so a corrupt or hostile header cannot
-    exhaust memory (default :data:`DEFAULT_MAX_PIXELS`).
+    columns x samples; DICOM pixel data also at most 2 bytes per capped pixel), or more than its
+    bytes can hold, is refused before it is decoded, so a corrupt or hostile header cannot exhaust
+    memory (default :data:`DEFAULT_MAX_PIXELS`; docs/data_formats.md, "Reading").
 
     Raises:
         MammogramReadError: for any problem with the file (never another exception type).
