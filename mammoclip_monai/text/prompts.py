@@ -4,19 +4,29 @@ A prompt set maps each class value of a datalist label (``mass`` 0/1, ``density`
 prompts. A class embedding is the mean of its prompts' normalised text embeddings, normalised
 again (the usual prompt ensemble). Prompts live in JSON data files, never in bundle config strings
 (MONAI rewrites ``#`` there).
+
+A prompt file is either ``{"mass": ["no mass", "mass"], ...}`` (each class one prompt or a list of
+prompts; class values are positions) or the packaged format ``{"tasks": {name: {"label_key",
+"classes": {value: [prompts]}, "class_names": {value: name}}}}`` (``resources/zero_shot_prompts.json``).
+:func:`load_prompt_file` reads both and checks everything up front: a bad file is one
+:class:`~mammoclip_monai.utils.InvalidInputError` line naming the key and what was expected,
+never a failure halfway through embedding.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ..utils.errors import InvalidInputError
+from ..utils.input_files import describe_value, read_json_file
 
 DEFAULT_PROMPTS = "zero_shot_prompts.json"
 
@@ -42,37 +52,180 @@ class PromptSet:
         return self.values == (0, 1)
 
 
-def load_prompt_sets(path: str | os.PathLike | None = None, tasks: list[str] | tuple[str, ...] | None = None
-                     ) -> dict[str, PromptSet]:
-    """Read prompt sets (default: the packaged file); ``tasks`` keeps only those names, in that order."""
-    if path is None:
-        text = (resources.files("mammoclip_monai") / "resources" / DEFAULT_PROMPTS).read_text(encoding="utf-8")
-        source = f"mammoclip_monai/resources/{DEFAULT_PROMPTS}"
-    else:
-        source = str(path)
-        text = Path(path).read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)["tasks"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{source}: not a prompt-set file (a JSON object with 'tasks')") from err
+PROMPT_FILE = "a prompt file: {\"mass\": [\"no mass\", \"mass\"], ...} or {\"tasks\": {...}}"
+_TOP_LEVEL_KEYS = ("tasks", "format_version", "about")
+_TASK_KEYS = ("label_key", "classes", "class_names", "about")
+
+
+class _Problem(Exception):
+    """One thing wrong at one place of a prompt document (turned into an InvalidInputError by the caller)."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(where, reason)
+        self.where, self.reason = where, reason
+
+
+def _prompt_group(value: Any, where: str) -> tuple[str, ...]:
+    """A class's prompts: one non-empty string or a non-empty list of them."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise _Problem(where, "expected a prompt, found an empty string")
+        return (value,)
+    if not isinstance(value, list):
+        raise _Problem(where, f"expected a prompt (a string) or a list of prompts, found {describe_value(value)}")
+    if not value:
+        raise _Problem(where, "expected at least one prompt, found an empty list")
+    for i, prompt in enumerate(value):
+        if not isinstance(prompt, str):
+            raise _Problem(f"{where}[{i}]", f"expected a prompt (a string), found {describe_value(prompt)}")
+        if not prompt.strip():
+            raise _Problem(f"{where}[{i}]", "expected a prompt, found an empty string")
+    return tuple(value)
+
+
+def _unique_names(names: Sequence[str], where: str, what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = name.strip().casefold()
+        if key in seen:
+            raise _Problem(where, f"{what} {seen[key]} and {i} are both named {name!r}; each class needs its own name")
+        seen[key] = i
+
+
+def _simple_prompt_sets(data: dict[str, Any]) -> dict[str, PromptSet]:
+    """``{"mass": ["no mass", "mass"]}``: each entry a list of classes, each class a prompt or a list of prompts.
+
+    Class values are the positions (0, 1, ...); a class's display name is its first prompt; the last
+    class of a two-class set is its "present" class.
+    """
     sets = {}
-    for name, task in data.items():
-        try:
-            items = sorted((int(value), tuple(str(p) for p in prompts)) for value, prompts in task["classes"].items())
-            label_key = str(task["label_key"])
-            display = {int(v): str(n) for v, n in task.get("class_names", {}).items()}
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{source}: task {name!r} needs 'label_key' and 'classes' {{value: [prompts]}}") from err
-        if len(items) < 2 or any(not prompts for _, prompts in items):
-            raise ValueError(f"{source}: task {name!r} needs at least two classes, each with prompts")
-        sets[name] = PromptSet(name, label_key, tuple(v for v, _ in items), tuple(p for _, p in items),
-                               tuple(display.get(v, str(v)) for v, _ in items))
+    for name, classes in data.items():
+        where = f"key {name!r}"
+        if not name.strip():
+            raise _Problem(where, "expected a task name, found an empty string")
+        if not isinstance(classes, list):
+            hint = " (the packaged format puts tasks under \"tasks\")" if isinstance(classes, dict) else ""
+            raise _Problem(where, "expected a list of at least two classes (each a prompt or a list of prompts), "
+                                  f"found {describe_value(classes)}{hint}")
+        if len(classes) < 2:
+            raise _Problem(where, f"expected at least two classes (e.g. [\"no {name}\", \"{name}\"]), found "
+                                  f"{len(classes)}")
+        grouped = tuple(_prompt_group(c, f"key {name!r}[{i}]") for i, c in enumerate(classes))
+        _unique_names([g[0] for g in grouped], where, "classes")
+        sets[name] = PromptSet(name, name, tuple(range(len(grouped))), grouped, tuple(g[0] for g in grouped))
+    return sets
+
+
+def _packaged_prompt_sets(data: dict[str, Any]) -> dict[str, PromptSet]:
+    """``{"tasks": {name: {"label_key", "classes": {value: [prompts]}, "class_names": {value: name}}}}``."""
+    unknown = [k for k in data if k not in _TOP_LEVEL_KEYS]
+    if unknown:
+        raise _Problem(f"key {unknown[0]!r}", f"unknown key next to 'tasks'; expected only {list(_TOP_LEVEL_KEYS)}")
+    if "format_version" in data and (type(data["format_version"]) is not int or data["format_version"] != 1):
+        raise _Problem("key 'format_version'", f"expected 1, found {describe_value(data['format_version'])}")
+    tasks = data["tasks"]
+    if not isinstance(tasks, dict) or not tasks:
+        raise _Problem("key 'tasks'", "expected an object of prompt sets {name: {...}}, found "
+                                      f"{describe_value(tasks)}")
+    sets = {}
+    for name, task in tasks.items():
+        here = f"key 'tasks.{name}"
+        if not name.strip():
+            raise _Problem(here + "'", "expected a task name, found an empty string")
+        if not isinstance(task, dict):
+            raise _Problem(here + "'", "expected an object with 'label_key' and 'classes', found "
+                                       f"{describe_value(task)}")
+        unknown = [k for k in task if k not in _TASK_KEYS]
+        if unknown:
+            raise _Problem(f"{here}.{unknown[0]}'", f"unknown key; a task has {list(_TASK_KEYS)}")
+        for required in ("label_key", "classes"):
+            if required not in task:
+                raise _Problem(here + "'", f"missing {required!r}; a task needs 'label_key' (the datalist label it "
+                                           "predicts) and 'classes' ({value: [prompts]})")
+        label_key = task["label_key"]
+        if not isinstance(label_key, str) or not label_key.strip():
+            raise _Problem(f"{here}.label_key'", f"expected a datalist label name, found {describe_value(label_key)}")
+        classes = task["classes"]
+        if not isinstance(classes, dict):
+            raise _Problem(f"{here}.classes'", "expected an object {class value: prompts}, found "
+                                               f"{describe_value(classes)}")
+        if len(classes) < 2:
+            raise _Problem(f"{here}.classes'", f"expected at least two classes, found {len(classes)}")
+        groups: dict[int, tuple[str, ...]] = {}
+        for value, prompts in classes.items():
+            where = f"{here}.classes.{value}'"
+            number = _class_value(value, where)
+            if number in groups:
+                raise _Problem(where, f"class value {number} is given twice")
+            groups[number] = _prompt_group(prompts, where)
+        names = task.get("class_names", {})
+        if not isinstance(names, dict):
+            raise _Problem(f"{here}.class_names'", f"expected an object {{class value: name}}, found "
+                                                   f"{describe_value(names)}")
+        display: dict[int, str] = {}
+        for value, shown in names.items():
+            where = f"{here}.class_names.{value}'"
+            number = _class_value(value, where)
+            if number not in groups:
+                raise _Problem(where, f"no class {number} in 'classes' (classes: {sorted(groups)})")
+            if not isinstance(shown, str) or not shown.strip():
+                raise _Problem(where, f"expected a class name, found {describe_value(shown)}")
+            display[number] = shown
+        values = tuple(sorted(groups))
+        shown_names = tuple(display.get(v, str(v)) for v in values)
+        _unique_names(shown_names, f"{here}.class_names'", "classes")
+        sets[name] = PromptSet(name, label_key, values, tuple(groups[v] for v in values), shown_names)
+    return sets
+
+
+def _class_value(text: str, where: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise _Problem(where, f"a class value must be a whole number >= 0 (the label value), found {text!r}") from None
+    if number < 0:
+        raise _Problem(where, f"a class value must be >= 0 (-1 means 'unknown' in datalists), found {number}")
+    return number
+
+
+def prompt_sets_from_data(data: Any, source: str | os.PathLike = "<prompts>",
+                          tasks: Sequence[str] | None = None) -> dict[str, PromptSet]:
+    """Validated prompt sets from a parsed prompt document in either format; errors name ``source``.
+
+    ``{"tasks": {...}}`` is the packaged format (:data:`DEFAULT_PROMPTS`); anything else is read as
+    ``{name: [class prompts, ...]}``. ``tasks`` keeps only those names, in that order.
+    """
+    try:
+        if not isinstance(data, dict) or not data:
+            raise _Problem("", f"expected a JSON object of prompt sets, found {describe_value(data)}")
+        sets = _packaged_prompt_sets(data) if "tasks" in data else _simple_prompt_sets(data)
+    except _Problem as problem:
+        raise InvalidInputError(source, problem.reason, where=problem.where or None) from None
     if tasks is not None:
         missing = [t for t in tasks if t not in sets]
         if missing:
-            raise ValueError(f"{source}: no prompt set for task(s) {missing}; available: {sorted(sets)}")
+            raise InvalidInputError(source, f"no prompt set for task(s) {missing}; the file has {list(sets)}")
         sets = {t: sets[t] for t in tasks}
     return sets
+
+
+def load_prompt_file(path: str | os.PathLike, tasks: Sequence[str] | None = None) -> dict[str, PromptSet]:
+    """Read and validate a prompt file (either format, see :func:`prompt_sets_from_data`).
+
+    Every problem (missing file, a folder, non-UTF-8 bytes, invalid JSON, a repeated key, a class
+    that is not a prompt or a list of prompts, fewer than two classes, empty prompts, two classes
+    with one name) is an :class:`~mammoclip_monai.utils.InvalidInputError` naming the file and key.
+    """
+    return prompt_sets_from_data(read_json_file(path, PROMPT_FILE), path, tasks)
+
+
+def load_prompt_sets(path: str | os.PathLike | None = None, tasks: Sequence[str] | None = None
+                     ) -> dict[str, PromptSet]:
+    """Prompt sets of a prompt file (default: the packaged one); ``tasks`` keeps only those names, in that order."""
+    if path is not None:
+        return load_prompt_file(path, tasks)
+    text = (resources.files("mammoclip_monai") / "resources" / DEFAULT_PROMPTS).read_text(encoding="utf-8")
+    return prompt_sets_from_data(json.loads(text), f"mammoclip_monai/resources/{DEFAULT_PROMPTS}", tasks)
 
 
 @torch.no_grad()
