@@ -8,7 +8,6 @@ goes unreported.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,16 +46,20 @@ def find_image_files(inputs: str | os.PathLike | Sequence[str | os.PathLike]) ->
 
 
 def _csv_items(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        column = next((c for c in PATH_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise ValueError(f"{path}: a datalist CSV needs one of the columns {list(PATH_COLUMNS)}, "
-                             f"found {reader.fieldnames}")
-        rows = [row[column].strip() for row in reader if (row.get(column) or "").strip()]
-    if not rows:
-        raise ValueError(f"{path}: no image paths in column {column!r}")
-    return [{"image": str(p if Path(p).is_absolute() else path.parent / p)} for p in rows]
+    """``[{"image": path}]`` from a CSV's first column named one of :data:`PATH_COLUMNS` (relative to the CSV).
+
+    The CSV is checked as a datalist is (UTF-8, no ragged rows, at least one row); a row without a
+    path is a :class:`~mammoclip_monai.data.datalists.DatalistError` naming its line.
+    """
+    from ..data.datalists import DatalistError, read_csv, required_value
+
+    rows = read_csv(path)
+    column = next((c for c in PATH_COLUMNS if c in rows[0]), None)
+    if column is None:
+        raise DatalistError(path, f"needs one of the columns {list(PATH_COLUMNS)} (the image paths); found "
+                                  f"{list(rows[0])}")
+    paths = [required_value(path, row, column, "the path of an image") for row in rows]
+    return [{"image": str(p if Path(p).is_absolute() else path.parent / p)} for p in paths]
 
 
 def inference_datalist(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, str]]:
