@@ -70,7 +70,7 @@ def test_checkpoint_of_another_preset_is_a_clear_error(tmp_path):
     other = create_model("tiny", pretrained=False, text_config=tiny_text_config(), embed_dim=256)
     path = tmp_path / "other.pt"
     torch.save(other.state_dict(), path)
-    with pytest.raises(ValueError, match=r"other\.pt does not fit this model.*shape mismatch.*image_projection"):
+    with pytest.raises(ValueError, match=r"other\.pt: does not fit this model.*shape mismatch.*image_projection"):
         load_weights(small, path)
     state = small.state_dict()
     state["extra.weight"] = torch.zeros(1)

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from ..utils.errors import InvalidInputError
 from .encoders import EfficientNetBNImageEncoder, TextEncoder, fold_stem_weight
 from .mammoclip import MammoCLIP, MammoCLIPConfig
 
@@ -49,6 +50,10 @@ __all__ = [
     "detect_efficientnet_variant",
     "infer_bert_config",
     "convert_original_state_dict",
+    "load_weights",
+    "read_torch_file",
+    "describe_mismatch",
+    "state_mismatch",
 ]
 
 IMAGE_PREFIX = "image_encoder."
@@ -89,6 +94,75 @@ def _harmless_globals() -> list[Any]:
     return allowed
 
 
+class RefusedPickleError(InvalidInputError, pickle.UnpicklingError):
+    """A checkpoint that needs a class outside the allow-list to be unpickled (``trusted=True`` would load it)."""
+
+
+# torch.load's failures on a file that is not a torch checkpoint (truncated, text, another archive, a
+# plain pickle): the zip reader raises RuntimeError, the unpickler KeyError / EOFError / UnpicklingError ...
+_NOT_A_TORCH_FILE = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, IndexError, ValueError, TypeError,
+                     AttributeError, ImportError, UnicodeDecodeError, MemoryError, OverflowError)
+
+
+def _refused_global(err: BaseException) -> str | None:
+    """The class a ``weights_only`` load refused (``"GLOBAL pkg.Class"`` in torch's message), if that was it."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if isinstance(err, pickle.UnpicklingError) and found else None
+
+
+def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; any failure is one :class:`InvalidInputError` line.
+
+    ``what`` names the expected file ("a FActOR weights file (factor.pt)"). A missing file, a folder,
+    a file torch cannot read, and a pickle that needs a class ``weights_only`` refuses (weights files
+    hold only tensors and plain values, so such a file is something else) are all reported as "not
+    ``what``"; torch's advice to unpickle with ``weights_only=False`` is never passed on.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(path, f"no such file; expected {what}")
+    if path.is_dir():
+        raise InvalidInputError(path, f"is a folder; expected {what}")
+    try:
+        with warnings.catch_warnings():  # torch's note on pickle protocols means nothing to a user
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), map_location=map_location, weights_only=True)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InvalidInputError(path, f"cannot be read ({reason}); expected {what}") from None
+    except _NOT_A_TORCH_FILE as err:
+        refused = _refused_global(err)
+        if refused:
+            raise InvalidInputError(path, f"not {what}: it is a pickle that needs the Python class {refused}, which a "
+                                          "weights file never contains") from None
+        raise InvalidInputError(path, f"not {what}: torch cannot read it as a checkpoint "
+                                      f"({type(err).__name__})") from None
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], mis_shaped: list[str], limit: int = 5) -> str:
+    """``"2 missing key(s): a, b; 1 unexpected key(s): c; ..."``: the first ``limit`` keys of each kind."""
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+    parts = [f"{len(missing)} missing key(s): {first(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected key(s): {first(unexpected)}" if unexpected else "",
+             f"{len(mis_shaped)} shape mismatch(es) (file vs model): {first(mis_shaped)}" if mis_shaped else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def state_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """:func:`describe_mismatch` of a state dict against a model's, or ``""`` when it fits.
+
+    Values without a shape (extra state) are compared by presence only.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
+                  and tuple(state[k].shape) != tuple(v.shape)]
+    return describe_mismatch(missing, unexpected, mis_shaped)
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     trusted: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True`` plus an allow-list of harmless classes.
@@ -98,21 +172,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     arbitrary code and is only acceptable for files from a source you trust.
     """
     path = Path(path)
+    what = "a Mammo-CLIP checkpoint (.tar)"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise InvalidInputError(path, f"{'is a folder' if path.is_dir() else 'no such file'}; expected {what}")
     try:
         with torch.serialization.safe_globals(_harmless_globals()):
             return torch.load(str(path), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = found.group(1) if found else "a class outside the allow-list"
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InvalidInputError(path, f"cannot be read ({reason}); expected {what}") from None
+    except _NOT_A_TORCH_FILE as err:
+        refused = _refused_global(err)
+        if refused is None:
+            raise InvalidInputError(path, f"not a Mammo-CLIP checkpoint: torch cannot read it ({type(err).__name__})"
+                                    ) from None
         if not trusted:
-            raise pickle.UnpicklingError(
-                f"{path} needs {what} to be unpickled, which weights_only loading refuses (it could run code). "
-                "If the file comes from a source you trust, pass trusted=True."
-            ) from err
+            raise RefusedPickleError(
+                path, f"needs {refused} to be unpickled, which weights_only loading refuses (it could run code); "
+                "if the file comes from a source you trust, pass trusted=True") from None
         warnings.warn(
-            f"{path} needs {what}, so it is loaded with weights_only=False (full unpickling, which can run "
+            f"{path} needs {refused}, so it is loaded with weights_only=False (full unpickling, which can run "
             "arbitrary code) because trusted=True was given",
             stacklevel=2,
         )
@@ -328,33 +407,24 @@ def load_original_mammoclip(path: str | os.PathLike, text_model: str | os.PathLi
 def load_weights(model: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> None:
     """Load a state-dict checkpoint (``model.pt``) into ``model``, strictly, with ``weights_only=True``.
 
-    A checkpoint written by another preset (or model) is a ``ValueError`` that names the missing,
-    unexpected and mis-shaped keys, instead of PyTorch's wall of text. Accepts a plain state dict
-    or a training checkpoint that holds one under ``"model"``.
+    A file that is not a checkpoint, or one written by another preset (or model), is an
+    :class:`~mammoclip_monai.utils.InvalidInputError` that names the first missing, unexpected and
+    mis-shaped keys, instead of PyTorch's wall of text. Accepts a plain state dict or a training
+    checkpoint that holds one under ``"model"``.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = read_torch_file(path, "a model checkpoint (a state dict, e.g. models/model.pt)", map_location)
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: not a state-dict checkpoint")
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise InvalidInputError(path, f"not a state-dict checkpoint: it holds {type(state).__name__}, expected a "
+                                      "dict of tensors (or {'model': state dict})")
     target = getattr(model, "module", model)
-    expected = target.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mis_shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
-                  and tuple(state[k].shape) != tuple(v.shape)]  # extra state (plain values) has no shape
-    if missing or unexpected or mis_shaped:
-        def first(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        parts = [f"{len(missing)} missing key(s): {first(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected key(s): {first(unexpected)}" if unexpected else "",
-                 f"{len(mis_shaped)} shape mismatch(es) (checkpoint vs model): {first(mis_shaped)}" if mis_shaped else ""]
+    mismatch = state_mismatch(target.state_dict(), state)
+    if mismatch:
         preset = getattr(getattr(target, "config", None), "image_model", None)
-        raise ValueError(f"{path} does not fit this model{f' (image model {preset})' if preset else ''}: it was "
-                         f"written by another preset or architecture; " + "; ".join(p for p in parts if p))
+        raise InvalidInputError(path, f"does not fit this model{f' (image model {preset})' if preset else ''}: it "
+                                      f"was written by another preset or architecture; {mismatch}")
     target.load_state_dict(state, strict=True)
