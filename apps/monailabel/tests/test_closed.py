@@ -147,3 +147,29 @@ def test_the_upload_route_opens_with_the_option_only() -> None:
     assert closed.refusal("PUT", "/datastore/image").startswith("uploads are off")
     assert open_.route("PUT", "/datastore/image") is open_.monai_label
     assert open_.route("DELETE", "/datastore/image") is None
+
+
+def test_app_options_are_checked_at_start_up() -> None:
+    from main import MammoClipApp, conf_flag
+
+    assert conf_flag({}, "allow_uploads") is False
+    assert conf_flag({"allow_uploads": " TRUE "}, "allow_uploads") is True
+    with pytest.raises(ValueError, match="allow_uploads must be true or false"):
+        conf_flag({"allow_uploads": "yes please"}, "allow_uploads")
+    with pytest.raises(ValueError, match="needs a local studies folder"):  # raised before any connection
+        MammoClipApp("apps/monailabel", "http://127.0.0.1:9/dicom-web", {"allow_uploads": "true"})
+
+
+def test_the_reader_error_is_found_behind_wrappers() -> None:
+    from main import mammogram_read_error
+    from mammoclip_monai.data.reader import MammogramReadError
+
+    original = MammogramReadError("/studies/x.dcm", "modality 'CT' is not MG")
+    try:
+        try:
+            raise original
+        except MammogramReadError as error:
+            raise RuntimeError("applying transform LoadMammogramd") from error
+    except RuntimeError as wrapped:
+        assert mammogram_read_error(wrapped) is original
+    assert mammogram_read_error(RuntimeError("something else")) is None
