@@ -18,7 +18,10 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.errors import InvalidInputError
+from ..utils.input_files import describe_value, read_json_file
 from .encoders import POOLING_MODES, EfficientNetBNImageEncoder, ImageEncoder, TextEncoder
 from .heads import PROJECTION_KINDS, ProjectionHead
 
@@ -43,6 +48,14 @@ def _original_normalization() -> dict[str, Any]:
     from ..data.transforms import ORIGINAL_MEAN, ORIGINAL_STD
 
     return {"mode": "fixed", "mean": ORIGINAL_MEAN, "std": ORIGINAL_STD}
+
+
+class ConfigValueError(ValueError):
+    """A :class:`MammoCLIPConfig` value outside what the model supports; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -98,17 +111,40 @@ class MammoCLIPConfig:
     logit_scale_max: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.image_backend not in IMAGE_BACKENDS:
-            raise ValueError(f"image_backend must be one of {IMAGE_BACKENDS}, got {self.image_backend!r}")
-        if self.text_pooling not in POOLING_MODES:
-            raise ValueError(f"text_pooling must be one of {POOLING_MODES}, got {self.text_pooling!r}")
-        if self.projection not in PROJECTION_KINDS:
-            raise ValueError(f"projection must be one of {PROJECTION_KINDS}, got {self.projection!r}")
-        self.image_size = tuple(int(s) for s in self.image_size)  # JSON gives lists
-        if len(self.image_size) != 2:
-            raise ValueError(f"image_size must be (H, W), got {self.image_size}")
+        """Check every value once, here, so a bad config fails before minutes of model building."""
+        from .weights import IMAGE_WEIGHT_SOURCES
+
+        self._choice("image_backend", IMAGE_BACKENDS)
+        self._choice("text_pooling", POOLING_MODES)
+        self._choice("projection", PROJECTION_KINDS)
+        self._choice("image_weights", IMAGE_WEIGHT_SOURCES)
+        try:
+            self.image_size = tuple(int(s) for s in self.image_size)  # JSON gives lists
+        except (TypeError, ValueError):
+            raise ConfigValueError("image_size", f"image_size must be (H, W), got {self.image_size!r}") from None
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ConfigValueError("image_size", f"image_size must be (H, W) of positive sizes, got {self.image_size}")
+        for name in ("in_chans", "embed_dim", "text_max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigValueError(name, f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.projection_hidden_dim is not None and self.projection_hidden_dim < 1:
+            raise ConfigValueError("projection_hidden_dim", "projection_hidden_dim must be at least 1 or null, got "
+                                                            f"{self.projection_hidden_dim!r}")
+        for name in ("image_drop_rate", "image_drop_path_rate", "projection_dropout"):
+            rate = getattr(self, name)
+            if rate is not None and not 0 <= rate < 1:
+                raise ConfigValueError(name, f"{name} must be in [0, 1), got {rate!r}")
+        if not math.isfinite(self.logit_scale_init):
+            raise ConfigValueError("logit_scale_init", "logit_scale_init must be finite, got "
+                                                       f"{self.logit_scale_init!r}")
+        if not self.logit_scale_max > 0:
+            raise ConfigValueError("logit_scale_max", f"logit_scale_max must be > 0, got {self.logit_scale_max!r}")
         if self.text_model is not None:
             self.text_model = os.fspath(self.text_model)
+
+    def _choice(self, name: str, choices: tuple[Any, ...]) -> None:
+        if getattr(self, name) not in choices:
+            raise ConfigValueError(name, f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (tuples become lists)."""
@@ -117,13 +153,71 @@ class MammoCLIPConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MammoCLIPConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise TypeError(f"unknown MammoCLIPConfig keys {unknown}; valid keys: {sorted(names)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], source: str | os.PathLike | None = None) -> MammoCLIPConfig:
+        """Inverse of :meth:`to_dict`; unknown keys and values of the wrong JSON type are errors.
+
+        With ``source`` (the ``config.json`` read), every problem is an
+        :class:`~mammoclip_monai.utils.InvalidInputError` naming the file and the key; without it, an
+        unknown key is a ``TypeError`` and a bad value a ``ValueError`` (a typo must not pass silently).
+        """
+        def problem(key: str | None, reason: str, kind: type[Exception] = ValueError) -> Exception:
+            if source is not None:
+                return InvalidInputError(source, reason, where=f"key {key!r}" if key else None)
+            return kind(f"{key}: {reason}" if key else reason)
+
+        if not isinstance(data, Mapping):
+            raise problem(None, f"expected a JSON object of MammoCLIPConfig fields, found {describe_value(data)}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in hints:
+                raise problem(key, f"unknown MammoCLIPConfig key; valid keys: {names}", TypeError)
+        for key, value in data.items():
+            if not _json_type_ok(value, hints[key]):
+                raise problem(key, f"expected {_describe_type(hints[key])}, found {describe_value(value)}")
+        try:
+            return cls(**data)
+        except ConfigValueError as err:
+            raise problem(err.field, str(err)) from None
+
+
+def _json_type_ok(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a config field's annotation (``int`` is not ``bool``; a list fits a tuple)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(
+            _json_type_ok(v, a) for v, a in zip(value, args))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe_type(hint: Any) -> str:
+    """``float | None`` -> ``"a number or null"``: what a config key takes, in JSON words."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        return f"a list of {len(args)} " + ("whole numbers" if all(a is int for a in args) else "values")
+    words = {type(None): "null", bool: "true or false", int: "a whole number", float: "a number", str: "a string",
+             dict: "an object"}
+    return words.get(origin if origin is dict else hint, str(hint))
 
 
 def _build_image_encoder(config: MammoCLIPConfig, pretrained: bool) -> nn.Module:
@@ -304,16 +398,61 @@ class MammoCLIP(nn.Module):
 
         ``config_overrides`` change run-time settings such as ``image_grad_checkpointing``; changing
         shapes makes the strict weight load fail, which is the point.
-        """
-        from safetensors.torch import load_model
 
+        A directory that is not a saved model (no ``config.json`` or ``model.safetensors``, invalid
+        JSON, unknown keys or mistyped values, weights that are not safetensors or do not fit the
+        configured model) is an :class:`~mammoclip_monai.utils.InvalidInputError` naming the file and
+        the first few missing / unexpected / mis-shaped keys.
+        """
         directory = Path(load_directory)
-        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{directory} is not a saved MammoCLIP ({CONFIG_NAME} and {WEIGHTS_NAME} needed)")
-        data = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8"))
-        data.update(config_overrides)
-        config = MammoCLIPConfig.from_dict(data)
+        expected = f"a saved MammoCLIP directory ({CONFIG_NAME} + {WEIGHTS_NAME}, written by save_pretrained)"
+        if not directory.is_dir():
+            reason = "is a file" if directory.exists() else "no such directory"
+            raise InvalidInputError(directory, f"{reason}; expected {expected}")
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise InvalidInputError(directory, f"no {name} here; expected {expected}")
+        config_path = directory / CONFIG_NAME
+        config = MammoCLIPConfig.from_dict(read_json_file(config_path, "a MammoCLIP config.json"), source=config_path)
+        if config_overrides:
+            config = MammoCLIPConfig.from_dict({**config.to_dict(), **config_overrides})
         text_dir = directory / TEXT_DIR_NAME
-        model = cls(config, pretrained=False, text_source=text_dir if text_dir.is_dir() else None)
-        load_model(model, str(directory / WEIGHTS_NAME), strict=True, device="cpu")
+        try:
+            model = cls(config, pretrained=False, text_source=text_dir if text_dir.is_dir() else None)
+        except (OSError, ValueError) as err:
+            if isinstance(err, InvalidInputError) or not text_dir.is_dir():
+                raise
+            raise InvalidInputError(text_dir, "the text model's config or tokenizer cannot be loaded "
+                                              f"({_first_line(err)})") from None
+        _load_safetensors(model, directory / WEIGHTS_NAME)
         return model.to(map_location).eval()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _load_safetensors(model: nn.Module, path: Path) -> None:
+    """Strictly load ``path`` into ``model``; a file that is not safetensors or does not fit is one clear error."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_model
+
+    from .checkpoints import describe_mismatch
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InvalidInputError(path, f"not a safetensors weights file ({_first_line(err)}); expected the "
+                                      f"{WEIGHTS_NAME} that save_pretrained writes") from None
+    reference = model.state_dict()
+    mis_shaped = [f"{key} {shapes[key]} vs {tuple(value.shape)}" for key, value in reference.items()
+                  if key in shapes and shapes[key] != tuple(value.shape)]
+    if mis_shaped:
+        raise InvalidInputError(path, "the weights do not fit the model its config.json describes; "
+                                + describe_mismatch([], [], mis_shaped))
+    missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
+    if missing or unexpected:
+        raise InvalidInputError(path, "the weights do not fit the model its config.json describes; "
+                                + describe_mismatch(list(missing), list(unexpected), []))
