@@ -54,17 +54,30 @@ class Explainer:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         size = tuple(self.model.config.image_size)
-        if not isinstance(factor, FActOR):
+        if not isinstance(factor, FActOR):  # a factor.pt: every problem with it is one InvalidInputError line
+            from ..utils.errors import InvalidInputError
+            from .factor import read_factor_state
+
             path = Path(factor)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: FActOR weights not found")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state) if isinstance(state, dict) else state
-            stored_layer = (state.get("_extra_state") or {}).get("layer")
-            self.extractor = FeatureMapExtractor(self.model.image_encoder, layer or stored_layer)
+            state = read_factor_state(path)
+            extra = state.get("_extra_state")
+            stored_layer = extra.get("layer") if isinstance(extra, dict) else None
+            stored_layer = stored_layer if isinstance(stored_layer, str) else None  # from_state_dict names bad ones
+            try:
+                self.extractor = FeatureMapExtractor(self.model.image_encoder, layer or stored_layer)
+            except AttributeError:
+                if layer is not None:
+                    raise
+                raise InvalidInputError(path, f"FActOR was trained on the encoder layer {stored_layer!r}, which this "
+                                              "model's image encoder does not have; use the model it was trained "
+                                              "with") from None
             with torch.no_grad():
                 probe = self.extractor(torch.zeros(1, self.model.config.in_chans, *size, device=self.device))
-            factor = FActOR.from_state_dict(state, probe.shape[-2:])
+            factor = FActOR.from_state_dict(state, probe.shape[-2:], source=path)
+            try:
+                factor._check(probe)
+            except ValueError as err:
+                raise InvalidInputError(path, f"does not fit this model's feature maps: {err}") from None
         else:
             self.extractor = FeatureMapExtractor(self.model.image_encoder, layer or factor.layer)
         self.factor = factor.to(self.device).eval()

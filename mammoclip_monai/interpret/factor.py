@@ -27,6 +27,7 @@ saved ``factor.pt`` is self-contained.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FActOR", "FActORLoss", "attribute_embeddings"]
+from ..utils.errors import InvalidInputError
+
+__all__ = ["FActOR", "FActORLoss", "attribute_embeddings", "read_factor_state", "load_factor", "FACTOR_FILE"]
 
 READOUTS = ("peak", "map")
 
@@ -110,29 +113,84 @@ class FActOR(nn.Module):
         self.layer = state.get("layer", self.layer)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any], feature_size: Sequence[int] | None = None) -> FActOR:
-        """Rebuild a FActOR from its state dict alone (attributes, sizes, readout and embeddings are in it)."""
-        attributes = list(dict.fromkeys(k.split(".")[1] for k in state if k.startswith("mappers.")))
+    def from_state_dict(cls, state: Mapping[str, Any], feature_size: Sequence[int] | None = None,
+                        source: str | os.PathLike | None = None) -> FActOR:
+        """Rebuild a FActOR from its state dict alone (attributes, sizes, readout and embeddings are in it).
+
+        A state dict of something else, one without its ``_extra_state`` (readout settings), or one
+        whose tensors do not fit together is an :class:`~mammoclip_monai.utils.InvalidInputError`
+        naming ``source`` (the file it came from) and the first offending keys.
+        """
+        from ..networks.checkpoints import state_mismatch
+
+        where = source if source is not None else "FActOR state dict"
+
+        def invalid(reason: str, key: str | None = None) -> InvalidInputError:
+            return InvalidInputError(where, reason, where=f"key {key!r}" if key else None)
+
+        if not isinstance(state, Mapping):
+            raise invalid(f"not a FActOR state dict: it holds {type(state).__name__}, expected a dict of tensors")
+        attributes = list(dict.fromkeys(k.split(".")[1] for k in state
+                                        if isinstance(k, str) and k.startswith("mappers.") and k.count(".") >= 2))
         if not attributes or "attribute_embeddings" not in state:
-            raise ValueError("not a FActOR state dict (no mappers.* or attribute_embeddings)")
+            shown = ", ".join(str(k) for k in list(state)[:4]) + (" ..." if len(state) > 4 else "")
+            raise invalid(f"not a FActOR state dict (no mappers.* weights and attribute_embeddings; found keys "
+                          f"{shown or 'none'}): a checkpoint of another model?")
+        for key in (f"mappers.{attributes[0]}.0.weight", "attribute_embeddings", "temperature"):
+            value = state.get(key)
+            if not isinstance(value, torch.Tensor):
+                raise invalid(f"expected a tensor, found {type(value).__name__ if value is not None else 'nothing'}",
+                              key)
         state = dict(state)
-        extra = dict(state.setdefault("_extra_state", {"readout": "map", "layer": None}))  # saved before readouts
-        first = state[f"mappers.{attributes[0]}.0.weight"]
-        hidden, in_features = first.shape
-        kwargs: dict[str, Any] = {"readout": extra.get("readout", "map"), "layer": extra.get("layer")}
-        if kwargs["readout"] == "peak":
-            stats = state["position_mean"]
-            feature_size = tuple(stats.shape[1:])
+        peak_keys = [k for k in state if k in ("position_mean", "position_std") or k.startswith("channel_embeddings.")]
+        extra = state.get("_extra_state")
+        if extra is None:
+            if peak_keys:
+                raise invalid("missing: the readout settings (readout, peak_values, layer) of this 'peak' FActOR are "
+                              "not in the file; it is incomplete (save FActOR.state_dict() whole)", "_extra_state")
+            extra = state["_extra_state"] = {"readout": "map", "layer": None}  # saved before readouts existed
+        if not isinstance(extra, Mapping):
+            raise invalid(f"expected a dict with 'readout', found {type(extra).__name__}", "_extra_state")
+        readout, layer = extra.get("readout", "map"), extra.get("layer")
+        if readout not in READOUTS:
+            raise invalid(f"readout {readout!r} is not one of {list(READOUTS)}", "_extra_state")
+        if layer is not None and not isinstance(layer, str):
+            raise invalid(f"layer must be a module name or None, found {type(layer).__name__}", "_extra_state")
+        hidden, in_features = state[f"mappers.{attributes[0]}.0.weight"].shape
+        kwargs: dict[str, Any] = {"readout": readout, "layer": layer}
+        if readout == "peak":
+            for key in ("position_mean", f"channel_embeddings.{attributes[0]}"):
+                value = state.get(key)
+                if not isinstance(value, torch.Tensor) or value.ndim != (3 if key == "position_mean" else 2):
+                    raise invalid("missing or mis-shaped: the 'peak' readout needs position_mean (C, h, w) and a "
+                                  "(C, d) channel_embeddings.<attribute> per attribute", key)
+            feature_size = tuple(state["position_mean"].shape[1:])
             identities = state[f"channel_embeddings.{attributes[0]}"]
+            peak_values = extra.get("peak_values")
+            if type(peak_values) is not int or peak_values < 1:
+                raise invalid(f"peak_values must be a whole number >= 1, found {peak_values!r}", "_extra_state")
             kwargs.update(channels=int(identities.shape[0]), channel_dim=int(identities.shape[1]),
-                          peak_values=int(extra["peak_values"]))
+                          peak_values=peak_values)
         elif feature_size is None:
             raise ValueError(f"feature_size (h, w) is needed: the state dict only says h * w = {in_features}")
+        elif math.prod(feature_size) != in_features:
+            raise invalid(f"the mappers read {in_features} positions per channel, but the feature map is "
+                          f"{tuple(feature_size)} = {math.prod(feature_size)}: trained on another image size or layer")
         if "pool_temperature" not in state:  # saved before the smooth maximum: the hard one
             state["pool_temperature"] = torch.tensor(0.0)
-        model = cls(attributes, feature_size, int(state["attribute_embeddings"].shape[-1]), int(hidden),
-                    float(state["temperature"]), pool_temperature=float(state["pool_temperature"]), **kwargs)
-        model.load_state_dict(state, strict=True)
+        try:
+            model = cls(attributes, feature_size, int(state["attribute_embeddings"].shape[-1]), int(hidden),
+                        float(state["temperature"]), pool_temperature=float(state["pool_temperature"]), **kwargs)
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise invalid(f"its settings do not make a FActOR ({err})") from None
+        mismatch = state_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise invalid(f"the tensors do not fit together as a FActOR of {attributes}: {mismatch}")
+        try:
+            model.load_state_dict(state, strict=True)
+        except (ValueError, RuntimeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise invalid(f"cannot be loaded as a FActOR ({first})") from None
         return model
 
     def set_attribute_embeddings(self, embeddings: Mapping[str, torch.Tensor]) -> None:
@@ -251,6 +309,31 @@ class FActORLoss(nn.Module):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"FActOR loss is {loss.item()}: check the feature maps and the learning rate")
         return loss
+
+
+FACTOR_FILE = "a FActOR weights file (the factor.pt that factor.json training writes)"
+
+
+def read_factor_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The FActOR state dict in ``path`` (a plain state dict or ``{"model": state}``), read with ``weights_only=True``.
+
+    Anything else (not a torch file, a pickle of other objects, a checkpoint without a state dict)
+    is an :class:`~mammoclip_monai.utils.InvalidInputError` saying it is not a FActOR weights file.
+    Rebuild the model with ``FActOR.from_state_dict(state, ..., source=path)``.
+    """
+    from ..networks.checkpoints import read_torch_file
+
+    state = read_torch_file(path, FACTOR_FILE)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise InvalidInputError(path, f"not {FACTOR_FILE}: it holds {type(state).__name__}, expected a state dict")
+    return dict(state)
+
+
+def load_factor(path: str | os.PathLike, feature_size: Sequence[int] | None = None) -> FActOR:
+    """:func:`read_factor_state` + :meth:`FActOR.from_state_dict`: a saved FActOR, every problem named by the file."""
+    return FActOR.from_state_dict(read_factor_state(path), feature_size, source=path)
 
 
 @torch.no_grad()
