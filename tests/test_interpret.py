@@ -196,7 +196,7 @@ def test_box_threshold_is_chosen_on_validation_per_method():
     flat[44:56, 44:56] = 1.0
 
     class Fixed(LocalizationEvaluator):
-        def heatmaps(self, items):
+        def heatmaps(self, items, desc=None):
             for item in items:
                 yield item, "mass", np.asarray([lesion], np.float32), {"factor": peaked, "cam": flat}
 
@@ -342,7 +342,7 @@ def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
                              "--out", str(tmp_path / "explained"), "--quiet"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]  # one file failed, and says so
-    assert "broken.dcm" in result.stdout
+    assert "broken.dcm" in result.stderr
     summary = json.loads((tmp_path / "explained" / "explanations.json").read_text())
     assert [Path(r["image"]).name for r in summary["images"]] == [s.name for s in sources]
     assert [Path(e["image"]).name for e in summary["errors"]] == ["broken.dcm"]

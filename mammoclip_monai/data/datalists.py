@@ -146,22 +146,31 @@ def required_value(path: str | os.PathLike, row: CsvRow, column: str, meaning: s
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    real, real_folder = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([real, real_folder]) == real_folder
+    """``path`` lies in ``folder`` as written (``..`` collapsed) or once both are resolved.
+
+    Written-inside admits a link the dataset's owner put inside the folder (datasets are often
+    farms of links into an archive); resolved-inside admits absolute paths into the folder's real
+    location. A path that climbs out with ``..``, or an absolute path elsewhere, fails both.
+    """
+    def within(a: str, b: str) -> bool:
+        return os.path.commonpath([a, b]) == b
+
+    written = within(os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(folder)))
+    return written or within(os.path.realpath(path), os.path.realpath(folder))
 
 
 def dataset_path(value: str, root: Path, allow_outside: bool, source: str | os.PathLike, row: CsvRow,
                  column: str | Sequence[str]) -> str:
-    """``value`` joined to ``root`` (absolute paths kept); refused if it resolves outside ``root``.
+    """``value`` joined to ``root`` (absolute paths kept); refused if it lies outside ``root`` (:func:`_inside`).
 
-    ``..`` and symlinks are resolved for the check only: the returned path is the joined one.
+    The returned path is the joined one (nothing resolved).
     """
     joined = Path(value) if os.path.isabs(value) else root / value
     if not allow_outside and not _inside(joined, root):
         raise cell_error(source, row, column,
-                         f"the image path {value!r} resolves to a file outside the dataset folder {root} (after '..' "
-                         "and symlinks); move the files inside it, give dataset_dir=<their root>, or pass "
-                         "allow_outside=True if that is intended")
+                         f"the image path {value!r} resolves to a file outside the dataset folder {root}; move the "
+                         "files inside it, give dataset_dir=<their root>, or pass allow_outside=True "
+                         "(allow_outside_dataset in the bundle) if that is intended")
     return str(joined)
 
 
