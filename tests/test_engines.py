@@ -22,7 +22,8 @@ from mammoclip_monai.engines import (
     ZeroShotAUROC,
 )
 from mammoclip_monai.engines.metrics import binary_auroc, macro_auroc
-from mammoclip_monai.losses import ClipLoss, MultiViewClipLoss
+from mammoclip_monai.engines.trainer import loss_arguments
+from mammoclip_monai.losses import ClipLoss, MultiViewClipLoss, SigLipLoss
 from mammoclip_monai.networks import create_model
 
 
@@ -157,6 +158,43 @@ def test_multiview_label_aware_amp_channels_last_and_clipping(tiny_model):
     trainer.run()
     assert all(torch.isfinite(torch.tensor(norms))) and max(norms) <= 0.5 + 1e-4
     assert "grad_norm" in trainer.state.output
+
+
+TINY_TEXT = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def test_loss_arguments_follow_the_signature():
+    assert {"image_features2", "text_features2", "targets"} <= loss_arguments(MultiViewClipLoss())
+    assert "text_features2" not in loss_arguments(ClipLoss()) and "logit_bias" in loss_arguments(SigLipLoss())
+    assert loss_arguments(lambda image_features, text_features, logit_scale, **rest: 0.0) is None
+
+
+@pytest.mark.parametrize("loss", [ClipLoss(), SigLipLoss()], ids=["clip", "siglip"])
+def test_single_view_losses_train_on_batches_with_a_second_view_and_text(loss):
+    """``--multiview false``: the data still carries text2 (and may carry image2); the network encodes
+    only what the loss consumes, so CLIP and SigLIP take the batch without a TypeError."""
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, text_config=TINY_TEXT,
+                         logit_bias_init=-10.0 if isinstance(loss, SigLipLoss) else None)
+    seen = []
+    original_forward = model.forward
+    model.forward = lambda **inputs: (seen.append(sorted(inputs)), original_forward(**inputs))[1]
+    trainer = make_trainer(model, batches(2, two_views=True), loss=loss, label_aware="labels",
+                           label_keys=("mass", "calcification"))
+    trainer.run()
+    assert torch.isfinite(trainer.state.output["loss"])
+    assert seen and all(keys == ["attention_mask", "image", "input_ids"] for keys in seen)
+
+
+def test_siglip_trains_the_models_logit_bias_and_needs_one():
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, text_config=TINY_TEXT, logit_bias_init=-10.0)
+    trainer = make_trainer(model, batches(2), loss=SigLipLoss())  # the optimiser gets model.parameters()
+    trainer.run()
+    assert model.logit_bias.item() != -10.0 and trainer.state.output["logit_bias"] == model.logit_bias.detach()
+    plain = create_model("tiny", pretrained=False, text_config=TINY_TEXT)
+    with pytest.raises(ValueError, match="logit_bias_init"):
+        make_trainer(plain, batches(1), loss=SigLipLoss())
 
 
 def test_gradient_accumulation_steps_every_k(tiny_model):

@@ -72,13 +72,14 @@ def ref_multiview(i1, t1, s, i2=None, t2=None, w=(1.0, 1.0, 0.5), targets=None):
 
 
 def ref_siglip(img, txt, s, b, positive=None):
+    """Zhai et al. 2023: the sum over every (image, text) pair divided by the number of images."""
     terms = []
     for i in range(img.shape[0]):
         for j in range(txt.shape[0]):
             pos = (i == j) if positive is None else bool(positive[i, j]) or i == j
             z = 1.0 if pos else -1.0
             terms.append(-F.logsigmoid(z * (s * torch.sum(img[i] * txt[j]) + b)))
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum() / img.shape[0]
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -284,19 +285,31 @@ def test_soft_targets_keep_the_soft_ce_gradient_and_drop_its_entropy_floor():
 
 
 # ----------------------------------------------------------------------------- SigLIP
+def test_siglip_value_by_hand_sums_pairs_and_divides_by_the_images():
+    """2 images x 2 texts, s = 2, b = -1: logits [[1, 0.2], [-1, 0.6]], diagonal positive."""
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=DT)
+    txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]], dtype=DT)
+
+    def softplus(x: float) -> float:  # -log sigmoid(-x)
+        return math.log1p(math.exp(x))
+
+    by_hand = (softplus(-1.0) + softplus(0.2) + softplus(-1.0) + softplus(-0.6)) / 2  # / N images, not / 4 pairs
+    got = SigLipLoss()(img, txt, 2.0, -1.0)
+    assert got.item() == pytest.approx(by_hand, abs=1e-12)
+
+
 def test_siglip_matches_reference_and_label_aware_positives():
     img, txt = unit(5, 6, seed=60), unit(5, 6, seed=61)
     s = torch.tensor(10.0, dtype=DT)
-    loss_fn = SigLipLoss().double()
-    torch.testing.assert_close(loss_fn(img, txt, s), ref_siglip(img, txt, 10.0, -10.0), atol=1e-12, rtol=0)
-    loss_fn = SigLipLoss(logit_bias_init=-2.0).double()
+    loss_fn = SigLipLoss()
+    torch.testing.assert_close(loss_fn(img, txt, s, -10.0), ref_siglip(img, txt, 10.0, -10.0), atol=1e-12, rtol=0)
     labels = torch.tensor([0, 0, 1, 2, 1])
     targets = label_aware_targets(labels)
-    got = loss_fn(img, txt, s, targets=targets)
+    got = loss_fn(img, txt, s, -2.0, targets=targets)
     torch.testing.assert_close(got, ref_siglip(img, txt, 10.0, -2.0, positive=targets > 0), atol=1e-12, rtol=0)
-    assert not torch.isclose(got, loss_fn(img, txt, s))
+    assert not torch.isclose(got, loss_fn(img, txt, s, -2.0))
     # the diagonal is always positive, whatever the targets say
-    torch.testing.assert_close(loss_fn(img, txt, s, targets=torch.zeros(5, 5)), loss_fn(img, txt, s))
+    torch.testing.assert_close(loss_fn(img, txt, s, -2.0, targets=torch.zeros(5, 5)), loss_fn(img, txt, s, -2.0))
 
 
 def test_gradients_reach_logit_scale_and_siglip_bias():
@@ -307,11 +320,14 @@ def test_gradients_reach_logit_scale_and_siglip_bias():
         t.grad = None
         loss_fn(img, txt, t.exp()).backward()
         assert t.grad is not None and torch.isfinite(t.grad) and t.grad != 0
-    sig = SigLipLoss().double()
+    bias = torch.tensor(-10.0, dtype=DT, requires_grad=True)  # the model's parameter
+    sig = SigLipLoss()
     t.grad = None
-    sig(img, txt, t.exp()).backward()
-    assert t.grad != 0 and sig.logit_bias.grad is not None and sig.logit_bias.grad != 0
-    assert "logit_bias" in dict(sig.named_parameters())
+    sig(img, txt, t.exp(), bias).backward()
+    assert t.grad != 0 and bias.grad is not None and bias.grad != 0
+    assert not list(sig.parameters())  # the bias lives in the model (optimiser, DDP, checkpoints)
+    with pytest.raises(ValueError, match="logit_bias must be a scalar"):
+        sig(img, txt, t.exp(), torch.zeros(2, dtype=DT))
 
 
 # ----------------------------------------------------------------------------- guards and factory
@@ -328,16 +344,18 @@ def test_non_finite_loss_raises_with_term_name():
     with pytest.raises(FloatingPointError, match="text_text"):
         MultiViewClipLoss()(img, txt, 10.0, text_features2=bad_t2)
     with pytest.raises(FloatingPointError, match="sigmoid"):
-        SigLipLoss().double()(bad, txt, 10.0)
+        SigLipLoss()(bad, txt, 10.0, -10.0)
+    with pytest.raises(FloatingPointError, match="logit_bias"):
+        SigLipLoss()(img, txt, 10.0, float("nan"))
     assert torch.isnan(ClipLoss(check_finite=False)(bad, txt, 10.0))
-    assert torch.isnan(SigLipLoss(check_finite=False).double()(bad, txt, 10.0))
+    assert torch.isnan(SigLipLoss(check_finite=False)(bad, txt, 10.0, -10.0))
 
 
 def test_build_loss_factory():
     assert isinstance(build_loss("clip"), ClipLoss)
     mv = build_loss("Multi-View", text_text_weight=0.25)
     assert isinstance(mv, MultiViewClipLoss) and mv.text_text_weight == 0.25
-    sig = build_loss("siglip", logit_bias_init=-5.0)
-    assert isinstance(sig, SigLipLoss) and sig.logit_bias.item() == -5.0
+    sig = build_loss("SigLIP", check_finite=False)
+    assert isinstance(sig, SigLipLoss) and not sig.check_finite
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("triplet")

@@ -5,7 +5,9 @@ parameter gradients equal the single-process gradients (float64).
 Why this holds: with ``local_loss=True`` rank r's loss is the mean over its own rows (against
 all gathered columns); the autograd all-gather sums every rank's gradient into the slice it
 came from and DDP averages over ranks, so the update is that of the mean over all rows, i.e.
-of the loss one process computes on the concatenated batch.
+of the loss one process computes on the concatenated batch. SigLIP divides its sum over this
+rank's rows x all texts by this rank's rows, the same mean over rows; its ``logit_bias`` is a
+parameter of the model (as in ``MammoCLIP``), so DDP all-reduces its gradient.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ CASES: dict[str, tuple] = {
     "multiview": (lambda: MultiViewClipLoss(), None),
     "multiview_aware": (lambda: MultiViewClipLoss(image_image_weight=0.8, text_text_weight=0.3), "exact"),
     "multiview_global_aware": (lambda: MultiViewClipLoss(local_loss=False), "exact"),
-    "siglip": (lambda: SigLipLoss(logit_bias_init=-3.0), None),
-    "siglip_aware": (lambda: SigLipLoss(logit_bias_init=-3.0), "exact"),
+    "siglip": (lambda: SigLipLoss(), None),
+    "siglip_aware": (lambda: SigLipLoss(), "exact"),
 }
 
 
@@ -73,7 +75,7 @@ def make_batch() -> dict[str, torch.Tensor]:
 
 
 class TinyClip(nn.Module):
-    """Two linear towers, a learnable log-temperature and the loss (so DDP syncs the SigLIP bias)."""
+    """Two linear towers, a learnable log-temperature (and, for SigLIP, a learnable bias) and the loss."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -83,6 +85,8 @@ class TinyClip(nn.Module):
         self.text_tower = nn.Linear(4, 6)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(5.0)))
         self.loss = factory()
+        if isinstance(self.loss, SigLipLoss):
+            self.logit_bias = nn.Parameter(torch.tensor(-3.0))
         self.double()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -103,6 +107,8 @@ class TinyClip(nn.Module):
                 text_features2=txt(batch["txt2"]),
                 targets=targets,
             )
+        if isinstance(self.loss, SigLipLoss):
+            return self.loss(img(batch["img1"]), txt(batch["txt1"]), scale, self.logit_bias, targets=targets)
         return self.loss(img(batch["img1"]), txt(batch["txt1"]), scale, targets=targets)
 
 

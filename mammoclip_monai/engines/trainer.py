@@ -1,13 +1,19 @@
 """ContrastiveTrainer: MONAI's SupervisedTrainer with an image-text iteration.
 
 One iteration moves the batch to the device, runs the (possibly DDP-wrapped) MammoCLIP forward
-once for every image and text of the batch, builds label-aware targets if asked, computes the
-contrastive loss and steps the optimiser with AMP, gradient clipping and gradient accumulation.
-Everything else (handlers, events, metrics, checkpoints) is stock MONAI/Ignite.
+once for every image and text of the batch that the loss consumes, builds label-aware targets if
+asked, computes the contrastive loss and steps the optimiser with AMP, gradient clipping and
+gradient accumulation. Everything else (handlers, events, metrics, checkpoints) is stock MONAI/Ignite.
+
+Which inputs the network sees follows the loss's signature: a second view (``image2``) or text
+(``input_ids2``) is encoded only for a loss that takes ``image_features2`` / ``text_features2``
+(the multi-view loss), so CLIP and SigLIP train on batches that carry them too; the model's
+``logit_bias`` goes to a loss that takes one (SigLIP).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +27,25 @@ from ..losses import label_aware_targets
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 LABEL_AWARE_MODES = ("none", "labels", "text", "labels+text")
+MODEL_INPUT_KEYS = ("image", "input_ids", "attention_mask", "image2", "input_ids2", "attention_mask2")
+SECOND_INPUTS = {"image_features2": ("image2",), "text_features2": ("input_ids2", "attention_mask2")}
+"""Loss argument -> the batch keys the network encodes into it."""
+OPTIONAL_LOSS_ARGS = ("image_features2", "text_features2", "logit_bias")
+"""Network outputs passed to the loss only when its signature names them."""
+
+
+def loss_arguments(loss_function: Callable) -> frozenset[str] | None:
+    """The keyword names ``loss_function`` takes (its ``forward``'s for a module); ``None`` when it takes
+    ``**kwargs`` or has no inspectable signature, i.e. anything may be passed."""
+    target = loss_function.forward if isinstance(loss_function, torch.nn.Module) else loss_function
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters
+                     if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
 
 
 def move_to_device(batch: Mapping[str, Any], device: torch.device, non_blocking: bool = False) -> dict[str, Any]:
@@ -35,11 +60,13 @@ def move_to_device(batch: Mapping[str, Any], device: torch.device, non_blocking:
     return out
 
 
-def model_inputs(batch: Mapping[str, Any], channels_last: bool = False) -> dict[str, torch.Tensor]:
-    """The keyword arguments of ``MammoCLIP.forward`` present in a collated batch."""
+def model_inputs(batch: Mapping[str, Any], channels_last: bool = False,
+                 skip: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """The keyword arguments of ``MammoCLIP.forward`` present in a collated batch, less ``skip``."""
     inputs = {}
-    for key in ("image", "input_ids", "attention_mask", "image2", "input_ids2", "attention_mask2"):
-        if key in batch:
+    skip = set(skip)
+    for key in MODEL_INPUT_KEYS:
+        if key in batch and key not in skip:
             value = batch[key]
             if channels_last and key.startswith("image") and value.ndim == 4:
                 value = value.contiguous(memory_format=torch.channels_last)
@@ -77,7 +104,8 @@ class ContrastiveTrainer(SupervisedTrainer):
 
     Args (beyond :class:`monai.engines.SupervisedTrainer`'s):
         loss_function: a loss from :mod:`mammoclip_monai.losses` called as
-            ``loss(image_features, text_features, logit_scale, targets=..., [image_features2, text_features2])``.
+            ``loss(image_features, text_features, logit_scale, targets=..., [image_features2, text_features2,
+            logit_bias])``; the bracketed ones only if its signature names them (see the module docstring).
         label_aware: ``"none"`` (one-to-one targets), ``"labels"`` (samples with the same values of
             ``label_keys`` are positives), ``"text"`` (identical tokenised texts are positives) or
             ``"labels+text"``.
@@ -118,6 +146,19 @@ class ContrastiveTrainer(SupervisedTrainer):
         self.channels_last = channels_last
         if channels_last:
             network.to(memory_format=torch.channels_last)
+        accepted = loss_arguments(loss_function)
+        self.loss_takes = (lambda name: True) if accepted is None else accepted.__contains__
+        self.needs_logit_bias = accepted is not None and "logit_bias" in accepted
+        self.skipped_inputs = tuple(key for arg, keys in SECOND_INPUTS.items() if not self.loss_takes(arg)
+                                    for key in keys)
+        self._told_skipped = False
+        loss_name = type(loss_function).__name__
+        if label_aware != "none" and not self.loss_takes("targets"):
+            raise ValueError(f"label_aware={label_aware!r} needs a loss that takes targets; {loss_name} does not")
+        config = getattr(getattr(network, "module", network), "config", None)
+        if self.needs_logit_bias and getattr(config, "logit_bias_init", 0.0) is None:
+            raise ValueError(f"{loss_name} needs the model's learnable logit_bias: build the model with "
+                             "logit_bias_init (e.g. -10, the SigLIP paper's), e.g. create_model(..., logit_bias_init=-10.0)")
 
     def _step_flags(self, engine: SupervisedTrainer) -> tuple[bool, bool]:
         """(zero the gradients first, step the optimiser after) for gradient accumulation."""
@@ -133,7 +174,13 @@ class ContrastiveTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = move_to_device(batchdata, engine.state.device, engine.non_blocking)
-        inputs = model_inputs(batch, self.channels_last)
+        inputs = model_inputs(batch, self.channels_last, skip=self.skipped_inputs)
+        if not self._told_skipped:
+            unused = [key for key in self.skipped_inputs if key in batch]
+            if unused:
+                engine.logger.info("%s takes no second view or text: %s not encoded",
+                                   type(engine.loss_function).__name__, ", ".join(unused))
+            self._told_skipped = True
         engine.state.output = {Keys.IMAGE: inputs["image"]}
         zero_grad, step = self._step_flags(engine)
         engine.network.train()
@@ -143,13 +190,18 @@ class ContrastiveTrainer(SupervisedTrainer):
         with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = engine.network(**inputs)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            extra = {k: out[k] for k in ("image_features2", "text_features2") if k in out}
-            targets = contrastive_targets(batch, self.label_aware, self.label_keys,
-                                          local_rows=getattr(engine.loss_function, "local_loss", True))
-            loss = engine.loss_function(out["image_features"], out["text_features"], out["logit_scale"],
-                                        targets=targets, **extra)
+            extra = {k: out[k] for k in OPTIONAL_LOSS_ARGS if k in out and self.loss_takes(k)}
+            if self.needs_logit_bias and "logit_bias" not in out:
+                raise KeyError(f"{type(engine.loss_function).__name__} needs a logit_bias the network does not "
+                               "return: build the model with logit_bias_init (MammoCLIPConfig)")
+            if self.loss_takes("targets"):
+                extra["targets"] = contrastive_targets(batch, self.label_aware, self.label_keys,
+                                                       local_rows=getattr(engine.loss_function, "local_loss", True))
+            loss = engine.loss_function(out["image_features"], out["text_features"], out["logit_scale"], **extra)
         engine.state.output[Keys.LOSS] = loss.detach()
         engine.state.output["logit_scale"] = out["logit_scale"].detach()
+        if "logit_bias" in out:
+            engine.state.output["logit_bias"] = out["logit_bias"].detach()
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         acc = engine.accumulation_steps
         self.grad_scaler.scale(loss / acc if acc > 1 else loss).backward()

@@ -1,7 +1,8 @@
 """Contrastive image-text losses of Mammo-CLIP: CLIP InfoNCE, the multi-view loss, SigLIP.
 
 All losses take L2-normalised features and the *multiplier* ``logit_scale`` (``s = exp(t)``,
-already clamped by the model) and return a scalar. Under ``torch.distributed`` every rank
+already clamped by the model) and return a scalar; SigLIP also takes the model's learnable
+``logit_bias``. Under ``torch.distributed`` every rank
 gathers the other ranks' features (with gradients) so that negatives span the global batch;
 with ``local_loss=True`` a rank scores only its own rows against all columns, which makes the
 DDP-averaged gradient equal to the single-process gradient of the mean loss over all rows.
@@ -47,13 +48,14 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _as_scale(logit_scale: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """The multiplier as a 0-d tensor of ``like``'s dtype and device (gradient preserved)."""
-    if not isinstance(logit_scale, torch.Tensor):
-        return torch.tensor(float(logit_scale), dtype=like.dtype, device=like.device)
-    if logit_scale.numel() != 1:
-        raise ValueError(f"logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}")
-    return logit_scale.reshape(()).to(dtype=like.dtype, device=like.device)
+def _as_scale(value: torch.Tensor | float, like: torch.Tensor, name: str = "logit_scale") -> torch.Tensor:
+    """A scalar (the multiplier, the SigLIP bias) as a 0-d tensor of ``like``'s dtype and device
+    (gradient preserved)."""
+    if not isinstance(value, torch.Tensor):
+        return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    if value.numel() != 1:
+        raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
+    return value.reshape(()).to(dtype=like.dtype, device=like.device)
 
 
 def _check_features(*named: tuple[str, torch.Tensor | None]) -> None:
@@ -276,18 +278,21 @@ class MultiViewClipLoss(_GatheringLoss):
 
 # ----------------------------------------------------------------------------- SigLIP
 class SigLipLoss(nn.Module):
-    """Pairwise sigmoid loss (Zhai et al. 2023): ``-mean_ij log sigmoid(z_ij (s <i,t> + b))``.
+    """Pairwise sigmoid loss (Zhai et al. 2023): ``-1/N sum_ij log sigmoid(z_ij (s <i,t_j> + b))``.
 
     ``z`` is +1 for matched pairs (the diagonal, plus the positives ``targets > 0`` of a
-    label-aware matrix) and -1 otherwise; the mean runs over all pairs (the paper sums over
-    texts and divides by the batch, i.e. a loss ``global batch`` times larger). ``logit_bias``
-    is a parameter of this module: give it to the optimiser and keep the loss inside the
-    DDP-wrapped module (or all-reduce its gradient) when training on several ranks.
+    label-aware matrix) and -1 otherwise. As in the paper and open_clip, the sum runs over this
+    rank's N images and every text of the global batch and is divided by N (not by the number of
+    pairs): the loss does not shrink as the batch grows. Under DDP the rank-averaged loss is then
+    the single-process loss of the concatenated batch (equal shards).
+
+    ``logit_scale`` and ``logit_bias`` are the model's (``MammoCLIP`` built with
+    ``logit_bias_init``): a bias owned by the model is seen by the optimiser, all-reduced by DDP
+    and saved with the weights. The loss itself has no parameters.
     """
 
-    def __init__(self, logit_bias_init: float = -10.0, check_finite: bool = True) -> None:
+    def __init__(self, check_finite: bool = True) -> None:
         super().__init__()
-        self.logit_bias = nn.Parameter(torch.tensor(float(logit_bias_init)))
         self.check_finite = bool(check_finite)
         self.last_terms: dict[str, torch.Tensor] = {}
 
@@ -296,6 +301,7 @@ class SigLipLoss(nn.Module):
         image_features: torch.Tensor,
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | float,
+        logit_bias: torch.Tensor | float,
         targets: Targets = None,
     ) -> torch.Tensor:
         _check_features(("image_features", image_features), ("text_features", text_features))
@@ -305,7 +311,8 @@ class SigLipLoss(nn.Module):
         img = _upcast(image_features)
         txt_all = _upcast(gather_with_grad(text_features, sizes))
         scale = _as_scale(logit_scale, img)
-        logits = scale * (img @ txt_all.T) + self.logit_bias.to(img.dtype)
+        bias = _as_scale(logit_bias, img, "logit_bias")
+        logits = scale * (img @ txt_all.T) + bias
 
         rows = torch.arange(n, device=img.device)
         positive = torch.zeros(n, n_global, dtype=torch.bool, device=img.device)
@@ -314,11 +321,11 @@ class SigLipLoss(nn.Module):
             positive = fwd.to(img.device) > 0
         positive[rows, rows + offset] = True
         signs = positive.to(logits.dtype) * 2.0 - 1.0
-        loss = -F.logsigmoid(signs * logits).mean()
+        loss = -F.logsigmoid(signs * logits).sum() / n
 
         self.last_terms = {"sigmoid": loss.detach()}
         if self.check_finite:
-            _ensure_finite(type(self).__name__, {"logit_scale": scale, "logit_bias": self.logit_bias, "sigmoid": loss})
+            _ensure_finite(type(self).__name__, {"logit_scale": scale, "logit_bias": bias, "sigmoid": loss})
         return loss
 
 

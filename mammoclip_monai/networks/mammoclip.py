@@ -87,6 +87,10 @@ class MammoCLIPConfig:
     Joint space:
         embed_dim, projection, projection_hidden_dim, projection_dropout: the heads.
         logit_scale_init: initial ``log(1/temperature)``; ``logit_scale_max`` caps ``exp(scale)``.
+        logit_bias_init: ``None`` (CLIP losses), or the initial learnable logit bias of the SigLIP
+            loss (the paper: -10, with ``logit_scale_init = log(10)``). The model then owns a
+            ``logit_bias`` parameter, returned by ``forward``, so that the optimiser sees it, DDP
+            all-reduces its gradient and checkpoints keep it.
     """
 
     image_backend: str = "timm"
@@ -109,6 +113,7 @@ class MammoCLIPConfig:
     projection_dropout: float = 0.0
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
+    logit_bias_init: float | None = None
 
     def __post_init__(self) -> None:
         """Check every value once, here, so a bad config fails before minutes of model building."""
@@ -297,6 +302,9 @@ class MammoCLIP(nn.Module):
         self.text_projection = ProjectionHead(self.text_encoder.hidden_size, config.embed_dim, config.projection,
                                               config.projection_hidden_dim, config.projection_dropout)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        if config.logit_bias_init is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.logit_bias_init)))
+            self._register_load_state_dict_pre_hook(self._keep_logit_bias_if_absent)
 
     # -- tokenizer --------------------------------------------------------------------------------
 
@@ -330,10 +338,21 @@ class MammoCLIP(nn.Module):
         """``exp(logit_scale)`` capped at ``logit_scale_max``: what contrastive losses multiply by."""
         return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
 
+    def _keep_logit_bias_if_absent(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """A checkpoint written before the SigLIP bias moved from the loss into the model has no
+        ``logit_bias``: keep this model's (that bias was never given to an optimiser, so it still
+        equals its initial value); every other key stays strict."""
+        key = prefix + "logit_bias"
+        if key not in state_dict:
+            warnings.warn(f"the checkpoint has no {key!r} (written before the SigLIP bias moved into the model): "
+                          f"keeping this model's, {float(self.logit_bias.detach()):g}", stacklevel=4)
+            state_dict[key] = self.logit_bias.detach().clone()
+
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 image2: torch.Tensor | None = None, input_ids2: torch.Tensor | None = None,
                 attention_mask2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Normalised ``image_features``, ``text_features`` (``(B, embed_dim)``) and the scalar ``logit_scale``.
+        """Normalised ``image_features``, ``text_features`` (``(B, embed_dim)``) and the scalar ``logit_scale``
+        (and ``logit_bias`` when the model has one, for the SigLIP loss).
 
         A second view (``image2``) and a second text (``input_ids2``) are encoded in the same call
         (as ``image_features2`` / ``text_features2``): under DistributedDataParallel every tensor that
@@ -344,6 +363,8 @@ class MammoCLIP(nn.Module):
             "text_features": self.encode_text(input_ids, attention_mask, normalize=True),
             "logit_scale": self.get_logit_scale(),
         }
+        if self.config.logit_bias_init is not None:
+            out["logit_bias"] = self.logit_bias
         if image2 is not None:
             out["image_features2"] = self.encode_image(image2, normalize=True)
         if input_ids2 is not None:

@@ -1,8 +1,9 @@
 """Optimiser parameter groups for MammoCLIP: per-tower learning rates, no decay on gains and biases.
 
 As in open_clip, weight decay applies only to weight matrices and convolution kernels: biases,
-normalisation gains and the logit scale are left undecayed (decaying the temperature drags it to
-1). Pretrained towers often want a lower learning rate than the freshly initialised projection
+normalisation gains, the logit scale and the SigLIP logit bias (a model parameter, so it is in
+these groups) are left undecayed (decaying the temperature drags it to 1). Pretrained towers
+often want a lower learning rate than the freshly initialised projection
 heads; ``image_lr`` / ``text_lr`` set them apart (default: ``lr``).
 """
 
@@ -19,7 +20,7 @@ _TOWERS = (("image_encoder.", "image"), ("text_encoder.", "text"))
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim < 2 or name.endswith(".bias") or "logit_scale" in name
+    return param.ndim < 2 or name.endswith(".bias") or "logit_scale" in name or "logit_bias" in name
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float = 0.0, image_lr: float | None = None,

@@ -8,11 +8,13 @@ exported graph (Hugging Face BERT cannot be scripted).
 
 Its state-dict keys are MammoCLIP's image keys, so the training checkpoint ``models/model.pt`` (a
 full MammoCLIP state dict) loads into it *strictly*: a load pre-hook takes the text-tower keys,
-loads them into the text tower it holds aside and recomputes the class embeddings from them.
+loads them into the text tower it holds aside and recomputes the class embeddings from them, and
+drops the training-only SigLIP ``logit_bias``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,6 +27,8 @@ from ..text.prompts import PromptSet, embed_prompt_sets, load_prompt_sets
 __all__ = ["ZeroShotClassifier", "prompt_sets_from_dict", "output_names"]
 
 TEXT_PREFIXES = ("text_encoder.", "text_projection.")
+TRAINING_ONLY_KEYS = ("logit_bias",)
+"""MammoCLIP parameters a zero-shot softmax does not use (a SigLIP bias shifts every class alike)."""
 
 
 def prompt_sets_from_dict(prompts: Mapping[str, Sequence[str | Sequence[str]]]) -> dict[str, PromptSet]:
@@ -102,11 +106,20 @@ class ZeroShotClassifier(nn.Module):
         """Embed every prompt set with the held text tower (once; the forward never touches text)."""
         device = self.class_embeddings.device
         text_model = self.text_model.to(device)
-        embeddings = embed_prompt_sets(text_model, self.prompt_sets, device=device)
+        # the held model shares the image tower: embedding restores *its* mode flag recursively, which
+        # would switch this classifier's image tower back to train mode; keep every module's flag as it was
+        modes = [(module, module.training) for module in text_model.modules()]
+        try:
+            embeddings = embed_prompt_sets(text_model, self.prompt_sets, device=device)
+        finally:
+            for module, training in modes:
+                module.training = training
         self.class_embeddings.copy_(torch.cat([embeddings[name] for name in self.prompt_sets]).to(device))
 
     @torch.jit.unused
     def _absorb_text_tower(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+        for key in TRAINING_ONLY_KEYS:
+            state_dict.pop(prefix + key, None)
         text_keys = [k for k in state_dict if k.startswith(tuple(prefix + p for p in TEXT_PREFIXES))]
         if not text_keys:
             return
