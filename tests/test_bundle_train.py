@@ -122,6 +122,65 @@ def test_training_command_writes_model_logs_and_metrics(synthetic_dataset, tmp_p
     assert list((tmp_path / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize("loss_name", ["clip", "siglip"])
+def test_single_view_training_command(synthetic_dataset, tmp_path, loss_name):
+    """``--multiview False`` (one image per sample; the data still has a second text) with each single-view
+    loss; SigLIP's learnable bias is the model's: the bundle's optimiser trains it and model.pt keeps it."""
+    overrides = tiny_overrides(synthetic_dataset, tmp_path, max_epochs=1,
+                               **{"train#datalist": "$@train#datalist_by_image[:8]"})
+    # "False", not "false": Fire hands a lower-case false over as the string 'false'
+    extra = ["--multiview", "False"] + (["--loss_name", "siglip"] if loss_name == "siglip" else [])
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                             "bundle/configs/train.json", *cli_args(overrides), *extra],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    if loss_name == "siglip":
+        assert state["logit_bias"].item() != -10.0  # initial -10: one optimiser step with lr > 0 moved it
+        from mammoclip_monai.networks import MammoCLIP
+
+        pretrained = MammoCLIP.from_pretrained(tmp_path / "models" / "pretrained")
+        assert pretrained.config.logit_bias_init == -10.0
+        assert pretrained.logit_bias.item() == pytest.approx(state["logit_bias"].item())
+    else:
+        assert "logit_bias" not in state
+
+
+def test_siglip_bias_is_in_the_bundles_optimiser():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN))
+    parser["loss_name"] = "siglip"
+    network, optimizer = parser.get_parsed_content("network"), parser.get_parsed_content("optimizer")
+    loss = parser.get_parsed_content("loss")
+    assert not list(loss.parameters())
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(network.logit_bias) in optimised
+    before = network.logit_bias.item()
+    features = torch.nn.functional.normalize(torch.randn(4, network.config.embed_dim), dim=-1)
+    loss(features, features.roll(1, 0), network.get_logit_scale(), network.logit_bias).backward()
+    optimizer.step()
+    assert network.logit_bias.item() != before
+
+
+def test_configs_normalise_as_the_model_config_says():
+    """Training, validation and the probe/FActOR chains take NormalizeMammogramd from @network_def.config."""
+    from monai.bundle import ConfigParser
+
+    from mammoclip_monai.data.transforms import NormalizeMammogramd
+
+    for extra in ([], [CONFIGS / "linear_probe.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(TRAIN), *map(str, extra)])
+        parser["network_def#image_normalization"] = {"mode": "breast", "foreground": 0.1}
+        keys = ["train#preprocessing", "validate#preprocessing"] if not extra else ["probe#preprocessing"]
+        for key in keys:
+            last = parser.get_parsed_content(key).transforms[-1]
+            assert isinstance(last, NormalizeMammogramd), key
+            assert (last.mode, last.foreground) == ("breast", 0.1), key
+
+
 def test_torchrun_two_cpu_processes(synthetic_dataset, tmp_path):
     overrides = tiny_overrides(synthetic_dataset, tmp_path, max_epochs=1)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

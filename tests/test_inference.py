@@ -152,14 +152,14 @@ def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path
                              str(prompts), "--out", str(tmp_path / "pred"), "--quiet"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]  # one file failed, and the run says so
-    assert "broken.dcm" in result.stdout
+    assert "broken.dcm" in result.stderr  # stdout carries data only (the error convention)
     rows = list(csv.DictReader(open(tmp_path / "pred" / "predictions.csv")))
     assert len(rows) == 3 and set(rows[0]) >= {"file", "image_hash", "spiculated"}
     assert all(0.0 <= float(r["spiculated"]) <= 1.0 for r in rows)
 
     result = subprocess.run([*cli, "embed", str(listing), "--model", str(root / "pretrained"),
                              "--out", str(tmp_path / "emb"), "--quiet"], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1 and "broken.dcm" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 1 and "broken.dcm" in result.stderr, result.stderr[-3000:]
     vectors = np.load(tmp_path / "emb" / "embeddings.npy")
     index = list(csv.DictReader(open(tmp_path / "emb" / "index.csv")))
     assert vectors.shape == (3, model.config.embed_dim) and len(index) == 3
@@ -185,10 +185,10 @@ def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path
         tuned.text_projection.projection.weight.normal_()
     assert (predictor.classifier().class_embeddings - before).abs().max() > 1e-2
     # a prompt file in the packaged format keeps its class names as output columns
-    from mammoclip_monai.cli import _load_prompts
+    from mammoclip_monai.text.prompts import load_prompt_file  # what the CLI's --prompts reads
 
     packaged = REPO / "mammoclip_monai" / "resources" / "zero_shot_prompts.json"
-    columns = Predictor(model, prompts=_load_prompts(str(packaged))).classifier().output_names
+    columns = Predictor(model, prompts=load_prompt_file(packaged)).classifier().output_names
     assert columns[:3] == ["mass", "calcification", "density_A"]
 
 
@@ -212,3 +212,84 @@ def test_text_tower_torchscript_and_image_tower_onnx_parity(trained, tmp_path):
         exported = tower(tokens["input_ids"], tokens["attention_mask"])
         eager = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
     assert (exported - eager).abs().max().item() <= 1e-4
+
+
+# ----------------------------------------------------------------------------- normalisation from the model config
+SMALL = (128, 96)
+BREAST = {"mode": "breast"}
+
+
+def _breast_normalised_by_hand(path: Path) -> torch.Tensor:
+    """The preprocessed image before normalisation, z-scored over its breast pixels (> 0.05) by hand."""
+    from mammoclip_monai.data.pipelines import preprocessing
+
+    raw = preprocessing(spatial_size=SMALL, normalize=False)({"image": str(path)})["image"].as_tensor()
+    breast = raw[raw > 0.05]
+    return (raw - breast.mean()) / breast.std()
+
+
+def test_predictor_normalises_as_the_model_config_says(images):
+    from mammoclip_monai.inference import Predictor
+
+    path = sorted(images.glob("*.dicom"))[0]
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False, image_size=SMALL, image_normalization=BREAST).eval()
+    fixed = create_model("tiny", pretrained=False, image_size=SMALL).eval()
+    fixed.load_state_dict(model.state_dict())  # the same weights, only the config's normalisation differs
+    prompts = {"mass": ["no mass", "mass"]}
+    by_hand = _breast_normalised_by_hand(path)[None]
+    with torch.no_grad():
+        expected_embedding = model.encode_image(by_hand)
+        expected = ZeroShotClassifier(model, prompts).eval()(by_hand)[0, 0].item()
+    got = Predictor(model, prompts=prompts, device="cpu").predict(path)["mass"]
+    assert got == pytest.approx(expected, abs=1e-6)
+    vectors, _, errors = Predictor(model, device="cpu").embed([path])
+    assert not errors
+    np.testing.assert_allclose(vectors[0], expected_embedding[0].numpy(), atol=1e-5)
+    fixed_vectors, _, _ = Predictor(fixed, device="cpu").embed([path])
+    assert np.abs(fixed_vectors[0] - vectors[0]).max() > 1e-3  # the fixed mode would have served it wrong
+
+
+def test_explainer_and_bundle_inference_take_the_normalisation_from_the_model(images):
+    from monai.bundle import ConfigParser
+
+    from mammoclip_monai.data.transforms import NormalizeMammogramd
+    from mammoclip_monai.interpret import FActOR
+    from mammoclip_monai.interpret.explain import Explainer
+
+    path = sorted(images.glob("*.dicom"))[0]
+    model = create_model("tiny", pretrained=False, image_size=SMALL, image_normalization=BREAST).eval()
+    factor = FActOR(["mass"], (4, 3), model.config.embed_dim, channels=1280)
+    explainer = Explainer(model, factor, device="cpu")
+    torch.testing.assert_close(explainer.preprocessing({"image": str(path)})["image"].as_tensor(),
+                               _breast_normalised_by_hand(path))
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "inference.json"))
+    parser["image_size"] = list(SMALL)
+    parser["network_def#model#image_normalization"] = BREAST
+    normalize = parser.get_parsed_content("preprocessing").transforms[-1]
+    assert isinstance(normalize, NormalizeMammogramd) and normalize.mode == "breast"
+
+
+def test_siglip_checkpoint_loads_into_the_zero_shot_classifier_and_the_export_records_the_normalisation(tmp_path):
+    torch.manual_seed(0)
+    siglip = create_model("tiny", pretrained=False, image_size=SMALL, logit_bias_init=-10.0,
+                          image_normalization=BREAST).eval()
+    classifier = ZeroShotClassifier(create_model("tiny", pretrained=False, image_size=SMALL,
+                                                 image_normalization=BREAST)).eval()
+    classifier.load_state_dict(siglip.state_dict(), strict=True)  # the training-only bias is dropped
+    # re-embedding the prompts on load ran the held (train-mode) model: the shared image tower stays in eval
+    assert not any(module.training for module in classifier.modules())
+    image = torch.randn(1, 1, *SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(classifier(image), ZeroShotClassifier(siglip).eval()(image))
+    torch.jit.save(torch.jit.script(classifier), str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    # what the MONAI Deploy operator reads (apps/deploy/operators/bundle_model.py needs only the standard library)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bundle_model", REPO / "apps/deploy/operators/bundle_model.py")
+    bundle_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle_model)
+    assert bundle_model.model_normalization(loaded) == BREAST
+    assert bundle_model.model_normalization(torch.nn.Linear(1, 1)) is None  # an archive from before: the default

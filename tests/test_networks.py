@@ -390,6 +390,93 @@ def test_config_round_trip_and_unknown_keys():
     assert config.image_normalization == {"mode": "fixed", "mean": ORIGINAL_MEAN, "std": ORIGINAL_STD}
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"mode": "fixed", "std": 0.0}, "std must be > 0"),
+    ({"mode": "fixed", "mean": 0.3, "std": -0.2}, "std must be > 0"),
+    ({"mode": "zscore"}, "mode must be one of"),
+    ({"mean": 0.3, "std": 0.2}, "mode must be one of"),
+    ({"mode": "fixed", "scale": 2.0}, r"unknown key\(s\) \['scale'\]"),
+    ({"mode": "breast", "mean": 0.3}, "mode 'breast' computes mean and std per image"),
+    ({"mode": "fixed", "mean": "0.3"}, "mean must be a finite number"),
+    ({"mode": "breast", "foreground": 1.5}, r"foreground must be in \[0, 1\)"),
+])
+def test_invalid_image_normalization_is_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=f"image_normalization: {message}"):
+        MammoCLIPConfig.from_dict({"image_normalization": bad})
+
+
+def test_invalid_image_normalization_in_a_saved_model_names_the_file(tmp_path):
+    from mammoclip_monai.utils import InvalidInputError
+
+    (tmp_path / "config.json").write_text(json.dumps({"image_normalization": {"mode": "fixed", "std": 0}}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(InvalidInputError, match=r"config.json: key 'image_normalization': std must be > 0"):
+        MammoCLIP.from_pretrained(tmp_path)
+
+
+def test_valid_image_normalization_round_trips():
+    config = MammoCLIPConfig.from_dict({"image_normalization": {"mode": "breast", "foreground": 0.1}})
+    assert config.image_normalization == {"mode": "breast", "foreground": 0.1}
+    assert MammoCLIPConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    fixed = MammoCLIPConfig.from_dict({"image_normalization": {"mode": "fixed", "mean": 0, "std": 2}})
+    assert fixed.image_normalization == {"mode": "fixed", "mean": 0.0, "std": 2.0}
+
+
+def test_siglip_logit_bias_is_a_model_parameter_saved_and_optional_in_old_checkpoints(tiny_text_dir, tmp_path):
+    from mammoclip_monai.networks import param_groups
+
+    config = {"text_model": str(tiny_text_dir), "embed_dim": 16}
+    torch.manual_seed(0)
+    plain = MammoCLIP(config)
+    assert "logit_bias" not in plain.state_dict()  # CLIP models (and their checkpoints) are unchanged
+    torch.manual_seed(0)
+    model = MammoCLIP({**config, "logit_bias_init": -10.0})
+    tokens = model.tokenize(REPORTS)
+    out = model(torch.randn(2, 1, 64, 48), **tokens)
+    assert out["logit_bias"] is model.logit_bias and model.logit_bias.item() == -10.0
+    assert "logit_bias" not in plain(torch.randn(2, 1, 64, 48), **tokens)
+    groups = {id(p): g["name"] for g in param_groups(model, lr=1e-3, weight_decay=0.1) for p in g["params"]}
+    assert groups[id(model.logit_bias)] == "head/no_decay"
+    # a checkpoint from before the bias moved into the model still loads strictly, keeping the initial bias
+    with torch.no_grad():
+        model.logit_bias.fill_(-7.0)
+    with pytest.warns(UserWarning, match="no 'logit_bias'"):
+        model.load_state_dict(plain.state_dict(), strict=True)
+    assert model.logit_bias.item() == -7.0
+    incomplete = {k: v for k, v in plain.state_dict().items() if k != "logit_scale"}
+    with pytest.raises(RuntimeError, match="logit_scale"), pytest.warns(UserWarning, match="no 'logit_bias'"):
+        model.load_state_dict(incomplete, strict=True)  # every other key stays strict
+    loaded = MammoCLIP.from_pretrained(model.save_pretrained(tmp_path / "siglip"))
+    assert loaded.config.logit_bias_init == -10.0 and loaded.logit_bias.item() == -7.0
+
+
+def _small_model(tiny_text_dir) -> MammoCLIP:
+    torch.manual_seed(0)
+    return MammoCLIP({"text_model": str(tiny_text_dir), "embed_dim": 16, "image_size": [64, 48]})
+
+
+def test_predict_keeps_the_train_mode(tiny_text_dir):
+    model = _small_model(tiny_text_dir)
+    model.train()
+    model.text_encoder.eval()  # a mixed state must come back as it was, module by module
+    modes = {name: m.training for name, m in model.named_modules()}
+    images = torch.randn(2, 1, 64, 48)
+    prompts = {"mass": ["no mass", "mass"]}
+    first = model.predict(images, prompts=prompts)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert model.predict(images, prompts=prompts) == first  # each call in eval mode: no dropout noise
+    assert 0.0 < first[0]["mass"] < 1.0
+
+
+def test_predict_follows_the_models_device(tiny_text_dir):
+    model = _small_model(tiny_text_dir).eval()
+    model.predict(torch.randn(1, 1, 64, 48), prompts={"mass": ["no mass", "mass"]})
+    predictor = model.__dict__["_predictor"]
+    assert predictor.device == torch.device("cpu")
+    model.to("meta")  # another device (CPU-only machines have no second real one)
+    assert predictor.device == torch.device("meta")  # the cached predictor is not bound to the first call's
+
+
 # ----------------------------------------------------------------------------- missing packages
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from monai.transforms import Compose
 
@@ -18,13 +19,18 @@ from .transforms import (
 
 def preprocessing(spatial_size: Sequence[int] = (512, 320), keys: str = "image", box_keys: Sequence[str] = (),
                   normalize: bool = True, train: bool = False, voi: str = "auto",
-                  allow_any_modality: bool = False, canonical_method: str = "image") -> Compose:
+                  allow_any_modality: bool = False, canonical_method: str = "image",
+                  normalization: Mapping[str, Any] | None = None) -> Compose:
     """File path -> network-ready ``(1, H, W)`` tensor.
 
     Read (modality/VOI LUT, MONOCHROME1) -> crop to the breast -> chest wall to the left ->
     aspect-preserving resize and pad -> [augmentation when ``train``] -> normalisation.
     Deterministic steps come first, so MONAI's caching datasets can cache everything before the
     augmentation.
+
+    ``normalization`` is the model's ``config.image_normalization`` (pass it: a model trained with
+    another normalisation would otherwise see wrong intensities); ``None`` means the original
+    Mammo-CLIP constants, the default of every preset.
     """
     steps = [
         LoadMammogramd(keys=keys, voi=voi, allow_any_modality=allow_any_modality),
@@ -35,5 +41,6 @@ def preprocessing(spatial_size: Sequence[int] = (512, 320), keys: str = "image",
     if train:
         steps.append(RandMammoAugmentd(keys=keys))
     if normalize:
-        steps.append(NormalizeMammogramd(keys=keys))
+        steps.append(NormalizeMammogramd(keys=keys) if normalization is None
+                     else NormalizeMammogramd.from_config(normalization, keys=keys))
     return Compose(steps)

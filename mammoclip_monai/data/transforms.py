@@ -317,16 +317,69 @@ class NormalizeMammogramd(MapTransform):
     dataset statistics, so its checkpoints see what they were trained on). ``mode="breast"``:
     z-score over the breast pixels only (those above ``foreground``), so the amount of black
     background and padding does not shift the statistics.
+
+    A model says which one it was trained with (``MammoCLIPConfig.image_normalization``, the
+    arguments of this transform as a dict); build the transform from that dict with
+    :meth:`from_config` so that training, evaluation and inference agree.
     """
+
+    MODES = ("fixed", "breast")
+    CONFIG_KEYS = ("mode", "mean", "std", "foreground")
 
     def __init__(self, keys: KeysCollection = "image", mode: str = "fixed", mean: float = ORIGINAL_MEAN,
                  std: float = ORIGINAL_STD, foreground: float = 0.05, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        if mode not in ("fixed", "breast"):
-            raise ValueError(f"mode must be 'fixed' or 'breast', got {mode!r}")
-        if mode == "fixed" and not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if not math.isfinite(float(mean)):
+            raise ValueError(f"mean must be finite, got {mean}")
+        if mode == "fixed" and not (math.isfinite(float(std)) and std > 0):
+            raise ValueError(f"std must be positive and finite, got {std}")
+        if not 0.0 <= float(foreground) < 1.0:
+            raise ValueError(f"foreground must be in [0, 1) (intensities before normalisation), got {foreground}")
         self.mode, self.mean, self.std, self.foreground = mode, float(mean), float(std), float(foreground)
+
+    @classmethod
+    def validate_config(cls, normalization: Mapping[str, Any], where: str | None = "image_normalization"
+                        ) -> dict[str, Any]:
+        """The checked normalisation dict (numbers as floats), or a ``ValueError`` that says what is wrong.
+
+        Keys: ``mode`` (required: ``"fixed"`` or ``"breast"``), ``mean`` and ``std`` (``"fixed"`` only;
+        default: the original's constants), ``foreground`` (``"breast"`` threshold). A mean or std
+        with ``"breast"`` is an error: that mode computes them per image, so a value there would be ignored.
+        ``where`` starts each message (the config key the dict came from).
+        """
+        at = f"{where}: " if where else ""
+        if not isinstance(normalization, Mapping):
+            raise ValueError(f"{at}must be a dict of NormalizeMammogramd arguments, "
+                             f"got {type(normalization).__name__}")
+        unknown = sorted(set(normalization) - set(cls.CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"{at}unknown key(s) {unknown}; valid keys: {list(cls.CONFIG_KEYS)}")
+        mode = normalization.get("mode")
+        if mode not in cls.MODES:
+            raise ValueError(f"{at}mode must be one of {list(cls.MODES)}, got {mode!r}")
+        if mode == "breast" and ({"mean", "std"} & set(normalization)):
+            raise ValueError(f"{at}mode 'breast' computes mean and std per image; "
+                             "remove 'mean' / 'std' or use mode 'fixed'")
+        checked: dict[str, Any] = {"mode": mode}
+        for key in ("mean", "std", "foreground"):
+            if key in normalization:
+                value = normalization[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"{at}{key} must be a finite number, got {value!r}")
+                checked[key] = float(value)
+        if checked.get("std", 1.0) <= 0:
+            raise ValueError(f"{at}std must be > 0, got {checked['std']}")
+        if not 0.0 <= checked.get("foreground", 0.05) < 1.0:
+            raise ValueError(f"{at}foreground must be in [0, 1), got {checked['foreground']}")
+        return checked
+
+    @classmethod
+    def from_config(cls, normalization: Mapping[str, Any], keys: KeysCollection = "image",
+                    allow_missing_keys: bool = False) -> NormalizeMammogramd:
+        """The transform a model's ``config.image_normalization`` describes (validated first)."""
+        return cls(keys=keys, allow_missing_keys=allow_missing_keys, **cls.validate_config(normalization))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -28,13 +28,18 @@ Prompts = Mapping[str, Sequence[str | Sequence[str]]]
 class Predictor:
     """Zero-shot classification and embedding of mammogram files with a trained MammoCLIP.
 
+    Files are normalised as the model's config says (``config.image_normalization``), so a model
+    trained with another normalisation is served as it was trained. The model is put in eval mode
+    (again on every call); work runs on the model's current device (moving the model later moves
+    the work with it).
+
     Args:
         model: a :class:`~mammoclip_monai.networks.MammoCLIP`.
         prompts: default prompts, ``{"mass": ["no mass", "mass"], ...}`` (each class one prompt or a list
             of prompts) or prompt sets (:func:`~mammoclip_monai.text.prompts.load_prompt_sets`); ``None``
             uses the packaged prompt sets of ``tasks``.
         tasks: packaged prompt sets used when ``prompts`` is ``None``.
-        device: where the model runs (default: CUDA if available).
+        device: where to move the model first (default: CUDA if available).
         batch_size, num_workers: of the file loader.
         allow_any_modality: accept DICOM files whose modality is not MG.
     """
@@ -42,16 +47,21 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, prompts: Prompts | None = None,
                  tasks: Sequence[str] = ("mass", "calcification", "density"), device: torch.device | str | None = None,
                  batch_size: int = 8, num_workers: int = 0, allow_any_modality: bool = False) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
+        self.model = model.eval().to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         self.image_size = tuple(int(s) for s in model.config.image_size)
         self.prompts = prompts
         self.tasks = tuple(tasks)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
-        self.preprocessing = preprocessing(spatial_size=self.image_size, allow_any_modality=allow_any_modality)
+        self.preprocessing = preprocessing(spatial_size=self.image_size, allow_any_modality=allow_any_modality,
+                                           normalization=model.config.image_normalization)
         self._classifiers: dict[str, ZeroShotClassifier] = {}
-        self._text_version = -1
+        self._text_version: tuple[int, torch.device] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is now (not where it was when the predictor was made)."""
+        return next(self.model.parameters()).device
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> Predictor:
@@ -61,18 +71,21 @@ class Predictor:
         return cls(MammoCLIP.from_pretrained(directory), **kwargs)
 
     def classifier(self, prompts: Prompts | None = None) -> ZeroShotClassifier:
-        """The single-input classifier for ``prompts`` (embedded once and cached until the text tower's weights change)."""
+        """The single-input classifier for ``prompts`` on the model's device (embedded once and cached until
+        the text tower's weights change or the model moves)."""
         prompts = self.prompts if prompts is None else prompts
         # prompt sets (dataclasses) are keyed by their repr, prompt dictionaries by their JSON
         key = json.dumps(prompts, sort_keys=True, default=repr) if prompts is not None else "tasks:" + ",".join(self.tasks)
         # in-place updates (optimizer steps, load_state_dict) bump a tensor's version: re-embed after them
         version = sum(p._version for name, p in self.model.named_parameters() if name.startswith(TEXT_PREFIXES))
-        if self._text_version != version:
+        device = self.device
+        if self._text_version != (version, device):
             self._classifiers.clear()
-            self._text_version = version
+            self._text_version = (version, device)
         if key not in self._classifiers:
             classifier = ZeroShotClassifier(self.model, dict(prompts) if prompts is not None else None, tasks=self.tasks)
-            self._classifiers[key] = classifier.to(self.device).eval()
+            self._classifiers[key] = classifier.to(device)
+        self.model.eval()  # shared with the classifier; the model may have been trained since the last call
         return self._classifiers[key]
 
     def batches(self, inputs: Any, progress: bool = False) -> Iterator[dict[str, Any]]:
@@ -128,6 +141,7 @@ class Predictor:
               ) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, str]]]:
         """``(embeddings (N, D) float32, L2-normalised; one identity record per row; errors)``."""
         vectors, rows, errors = [], [], []
+        self.model.eval()
         for batch in self.batches(inputs, progress):
             errors.extend(batch["failed"])
             if "image" in batch:

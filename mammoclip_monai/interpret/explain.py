@@ -39,7 +39,8 @@ class Explainer:
     """A MammoCLIP image encoder + a trained FActOR, with the preprocessing the model expects.
 
     Args:
-        model: a :class:`~mammoclip_monai.networks.MammoCLIP` (its ``config.image_size`` sets the input size).
+        model: a :class:`~mammoclip_monai.networks.MammoCLIP` (its ``config.image_size`` and
+            ``config.image_normalization`` set the preprocessing).
         factor: the trained FActOR (or the path of its ``factor.pt``).
         layer: the encoder layer FActOR was trained on (default: the one stored with FActOR, else the last
             feature map).
@@ -81,7 +82,8 @@ class Explainer:
         else:
             self.extractor = FeatureMapExtractor(self.model.image_encoder, layer or factor.layer)
         self.factor = factor.to(self.device).eval()
-        self.preprocessing = preprocessing(spatial_size=size, allow_any_modality=allow_any_modality)
+        self.preprocessing = preprocessing(spatial_size=size, allow_any_modality=allow_any_modality,
+                                           normalization=self.model.config.image_normalization)
         self.top_k, self.threshold, self.max_boxes = int(top_k), float(threshold), int(max_boxes)
 
     @torch.no_grad()

@@ -75,8 +75,11 @@ class MammoCLIPConfig:
             ``"efficientnet_lite0_imagenet"`` (packaged), ``"lukemelas_imagenet"`` (the paper's,
             GitHub download) or ``"timm"`` (timm hub weights).
         image_grad_checkpointing: recompute activations to save memory.
-        image_normalization: what the intensity normalisation before the network must be
-            (informative: ``NormalizeMammogramd`` arguments).
+        image_normalization: the intensity normalisation the network expects, as
+            ``NormalizeMammogramd`` arguments (``{"mode": "fixed", "mean": m, "std": s}`` or
+            ``{"mode": "breast"}``, optionally ``"foreground"``). The single source: training,
+            evaluation and inference configs, ``Predictor``, ``Explainer`` and the exported
+            network read it. Validated here (unknown keys or mode, ``std <= 0`` are errors).
     Text tower:
         text_model: hub id or directory; ``None`` means the packaged MiniLM-L6 or, without it, a
             random BERT with the bundled vocabulary.
@@ -146,6 +149,21 @@ class MammoCLIPConfig:
             raise ConfigValueError("logit_scale_max", f"logit_scale_max must be > 0, got {self.logit_scale_max!r}")
         if self.text_model is not None:
             self.text_model = os.fspath(self.text_model)
+        self._check_normalization_and_bias()
+
+    def _check_normalization_and_bias(self) -> None:
+        """The normalisation dict is read by every preprocessing chain: a bad one must fail here."""
+        from ..data.transforms import NormalizeMammogramd
+
+        try:
+            self.image_normalization = NormalizeMammogramd.validate_config(self.image_normalization, where=None)
+        except ValueError as err:
+            raise ConfigValueError("image_normalization", str(err)) from None
+        if self.logit_bias_init is not None:
+            if isinstance(self.logit_bias_init, bool) or not math.isfinite(self.logit_bias_init):
+                raise ConfigValueError("logit_bias_init", "logit_bias_init must be a finite number or null, "
+                                                          f"got {self.logit_bias_init!r}")
+            self.logit_bias_init = float(self.logit_bias_init)
 
     def _choice(self, name: str, choices: tuple[Any, ...]) -> None:
         if getattr(self, name) not in choices:
@@ -378,15 +396,21 @@ class MammoCLIP(nn.Module):
 
         ``model.predict("x.dcm", prompts={"mass": ["no mass", "mass"]})`` -> ``{"mass": 0.83}``; without
         ``prompts``, the packaged mass / calcification / density prompt sets. Prompt embeddings are
-        computed once per prompt dictionary. For folders, CSVs and bad-file reports use
-        :class:`mammoclip_monai.inference.Predictor`.
+        computed once per prompt dictionary (and again after the weights change or the model moves).
+        Runs on the model's current device; the train / eval mode of every submodule is as before the
+        call. For folders, CSVs and bad-file reports use :class:`mammoclip_monai.inference.Predictor`.
         """
         from ..inference.predictor import Predictor
 
-        predictor = self.__dict__.get("_predictor")
-        if predictor is None:
-            predictor = self.__dict__["_predictor"] = Predictor(self, device=next(self.parameters()).device)
-        return predictor.predict(image, prompts)
+        modes = [(module, module.training) for module in self.modules()]
+        try:
+            predictor = self.__dict__.get("_predictor")
+            if predictor is None:  # kept out of _modules: not a submodule, not in the state dict
+                predictor = self.__dict__["_predictor"] = Predictor(self, device=next(self.parameters()).device)
+            return predictor.predict(image, prompts)
+        finally:
+            for module, training in modes:
+                module.training = training
 
     # -- persistence ------------------------------------------------------------------------------
 

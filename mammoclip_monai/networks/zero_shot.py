@@ -62,6 +62,10 @@ class ZeroShotClassifier(nn.Module):
     Each prompt set's classes are soft-maxed together over the scaled cosine similarities (the
     zero-shot rule used in evaluation); a two-class set keeps the probability of its last class.
 
+    The input must be normalised as the model was trained: ``image_normalization`` (the model
+    config's dict, for the bundle's preprocessing) and ``image_normalization_json`` (the same as
+    JSON text, a TorchScript attribute, so an exported ``model.ts`` still says it) carry it.
+
     Args:
         model: the trained :class:`~mammoclip_monai.networks.MammoCLIP` (its image tower is shared,
             its text tower only embeds the prompts).
@@ -71,7 +75,7 @@ class ZeroShotClassifier(nn.Module):
     """
 
     # a plain attribute, not a submodule: it must stay out of the state dict and the exported graph
-    __jit_ignored_attributes__ = ["text_model", "prompt_sets", "output_names"]
+    __jit_ignored_attributes__ = ["text_model", "prompt_sets", "output_names", "image_normalization"]
 
     def __init__(self, model: nn.Module, prompt_sets: Mapping[str, Any] | str | None = None,
                  tasks: Sequence[str] | None = ("mass", "calcification", "density")) -> None:
@@ -89,13 +93,17 @@ class ZeroShotClassifier(nn.Module):
         self.image_projection = model.image_projection
         self.logit_scale = model.logit_scale
         self.logit_scale_max = float(model.config.logit_scale_max)
+        self.image_normalization = dict(model.config.image_normalization)
+        self.image_normalization_json: str = json.dumps(self.image_normalization, sort_keys=True)
         self.group_sizes = [len(s.values) for s in self.prompt_sets.values()]
         keep, start = [], 0
         for size in self.group_sizes:
             keep += [start + size - 1] if size == 2 else list(range(start, start + size))
             start += size
         self.register_buffer("keep", torch.tensor(keep, dtype=torch.long), persistent=False)
-        self.register_buffer("class_embeddings", torch.zeros(start, int(model.config.embed_dim)))
+        # on the model's device: embedding the prompts must not move the model (refresh_prompt_embeddings)
+        device = next(model.parameters()).device
+        self.register_buffer("class_embeddings", torch.zeros(start, int(model.config.embed_dim), device=device))
         self.__dict__["text_model"] = model
         self.refresh_prompt_embeddings()
         self._register_load_state_dict_pre_hook(self._absorb_text_tower)

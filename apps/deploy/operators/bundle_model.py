@@ -93,6 +93,27 @@ def input_spatial_size(metadata: dict[str, Any], default: Sequence[int] = (448, 
     return int(shape[0]), int(shape[1])
 
 
+def model_normalization(model: Any) -> dict[str, Any] | None:
+    """The intensity normalisation the exported network was trained with, or ``None`` if it does not say.
+
+    ``ZeroShotClassifier`` carries its model config's ``image_normalization`` as the TorchScript
+    attribute ``image_normalization_json``: the archive's ``inference.json`` cannot tell (it builds
+    the normalisation from the model it would construct, not from the one that was exported).
+    Archives exported before the attribute existed return ``None``; those models were all trained
+    with the default (the original's fixed constants).
+    """
+    text = getattr(model, "image_normalization_json", None)
+    if text is None:
+        return None
+    try:
+        normalization = json.loads(str(text))
+    except json.JSONDecodeError as exc:
+        raise BundleModelError(f"the model's image_normalization_json is not JSON: {exc}") from exc
+    if not isinstance(normalization, dict):
+        raise BundleModelError(f"the model's image_normalization_json is not an object: {text!r}")
+    return normalization
+
+
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file: a stable identity for the exact weights that produced a report."""
     digest = hashlib.sha256()

@@ -6,7 +6,8 @@ only when PresentationLUTShape is INVERSE) and the bundle operator drops the bun
 the network would see intensities it was never trained on. Here every SOP instance goes through
 the project's own preprocessing (:func:`mammoclip_monai.data.pipelines.preprocessing`: VOI LUT or
 window, MONOCHROME1, breast crop, laterality canonicalisation, resize, normalisation) from its
-file, exactly as in training and in the bundle, and then through the exported TorchScript.
+file, exactly as in training and in the bundle, and then through the exported TorchScript. The
+normalisation is the one the exported network records (``image_normalization_json``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 from monai.deploy.core.domain.dicom_sop_instance import DICOMSOPInstance
 
-from .bundle_model import finding_names, input_spatial_size, read_extra_json
+from .bundle_model import finding_names, input_spatial_size, model_normalization, read_extra_json
 
 REPORT_TITLE = "MammoCLIP per-finding probabilities. Research use only; not for diagnostic use."
 
@@ -95,18 +96,23 @@ class MammoClipInferenceOperator(Operator):
         spec.output(self.output_name)
 
     def start(self) -> None:
-        """Load the network and build the preprocessing once, before the first compute."""
+        """Load the network, then build the preprocessing it was trained with, once, before the first compute."""
         from mammoclip_monai.data.pipelines import preprocessing
 
-        self._preprocess = preprocessing(spatial_size=self.spatial_size)
         self._model = torch.jit.load(str(self.model_file), map_location=self.device).eval()
+        normalization = model_normalization(self._model)
+        if normalization is None:
+            self._logger.warning("%s does not say its intensity normalisation (exported before it was recorded): "
+                                 "using the default, the original's fixed constants", self.model_file.name)
+        self._preprocess = preprocessing(spatial_size=self.spatial_size, normalization=normalization)
         self._logger.info(
-            "Loaded %s (%s %s) on %s: input %s, %d findings: %s",
+            "Loaded %s (%s %s) on %s: input %s, normalisation %s, %d findings: %s",
             self.model_file.name,
             self.bundle_metadata.get("name", "model"),
             self.bundle_metadata.get("version", ""),
             self.device,
             "x".join(str(v) for v in self.spatial_size),
+            (normalization or {}).get("mode", "fixed"),
             len(self.names),
             ", ".join(self.names),
         )
