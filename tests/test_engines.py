@@ -195,6 +195,8 @@ def test_siglip_trains_the_models_logit_bias_and_needs_one():
     plain = create_model("tiny", pretrained=False, text_config=TINY_TEXT)
     with pytest.raises(ValueError, match="logit_bias_init"):
         make_trainer(plain, batches(1), loss=SigLipLoss())
+    with pytest.warns(UserWarning, match="ClipLoss does not take one"):  # the bias would never train
+        make_trainer(model, batches(1), loss=ClipLoss())
 
 
 def test_gradient_accumulation_steps_every_k(tiny_model):

@@ -14,6 +14,7 @@ Which inputs the network sees follows the loss's signature: a second view (``ima
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -156,9 +157,14 @@ class ContrastiveTrainer(SupervisedTrainer):
         if label_aware != "none" and not self.loss_takes("targets"):
             raise ValueError(f"label_aware={label_aware!r} needs a loss that takes targets; {loss_name} does not")
         config = getattr(getattr(network, "module", network), "config", None)
-        if self.needs_logit_bias and getattr(config, "logit_bias_init", 0.0) is None:
+        bias_init = getattr(config, "logit_bias_init", 0.0)
+        if self.needs_logit_bias and bias_init is None:
             raise ValueError(f"{loss_name} needs the model's learnable logit_bias: build the model with "
-                             "logit_bias_init (e.g. -10, the SigLIP paper's), e.g. create_model(..., logit_bias_init=-10.0)")
+                             "logit_bias_init (e.g. -10, the SigLIP paper's): create_model(..., logit_bias_init=-10.0); "
+                             "in the bundle, choose the loss with --loss_name siglip")
+        if bias_init is not None and accepted is not None and not self.needs_logit_bias and config is not None:
+            warnings.warn(f"the model has a logit_bias but {loss_name} does not take one: it will not train "
+                          "(and DDP, which expects every parameter to get a gradient, will fail)", stacklevel=2)
 
     def _step_flags(self, engine: SupervisedTrainer) -> tuple[bool, bool]:
         """(zero the gradients first, step the optimiser after) for gradient accumulation."""
