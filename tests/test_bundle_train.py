@@ -116,6 +116,8 @@ def test_training_command_writes_model_logs_and_metrics(synthetic_dataset, tmp_p
     state = torch.load(models / "model.pt", weights_only=True)
     assert "logit_scale" in state and not any(k.startswith("module.") for k in state)
     assert (models / "pretrained" / "model.safetensors").is_file()
+    record = json.loads((models / "run.json").read_text())  # the folder now belongs to this finished run
+    assert record["status"] == "finished" and record["epochs"] == 1 and record["settings"]["image_size"] == [96, 64]
     metrics = json.loads((tmp_path / "logs" / "metrics.json").read_text())
     assert metrics["history"][0]["epoch"] == 1 and "val_zs_auroc_mass" in metrics["history"][0]
     assert "test_zs_auroc_mass" in metrics["test"] and "test_i2t_recall1" in metrics["test"]

@@ -76,3 +76,49 @@ def test_the_training_command_refuses_in_one_line_before_any_work(synthetic_data
                       "this run its own folder with --ckpt_dir DIR"]
     assert "Traceback" not in result.stderr
     assert (models / "model.pt").read_bytes() == b"a finished model"
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("False", False), ("0", False), ("no", False),
+                                            ("true", True), ("TRUE", True), ("1", True), (True, True), (0, False)])
+def test_flags_from_the_command_line_mean_what_they_say(text, expected):
+    """Fire hands ``--overwrite false`` to the config as the string 'false', which bool() takes as True."""
+    from mammoclip_monai.utils import as_flag
+
+    assert as_flag(text, "overwrite") is expected
+
+
+def test_overwrite_false_as_typed_does_not_delete_anything(tmp_path):
+    _finished_run(tmp_path)
+    with pytest.raises(RunDirectoryInUse):
+        RunDirectory(tmp_path, SETTINGS, overwrite="false").claim()
+    assert (tmp_path / "model.pt").is_file()
+
+
+def test_a_flag_that_is_neither_true_nor_false_is_a_usage_error(tmp_path):
+    from mammoclip_monai.utils import UsageError
+
+    with pytest.raises(UsageError, match=r"--overwrite must be true or false, got 'ja'"):
+        RunDirectory(tmp_path, SETTINGS, overwrite="ja")
+
+
+def test_multiview_false_as_typed_selects_single_view_training():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))
+    parser["multiview"] = "false"  # what `--multiview false` puts there
+    assert parser.get_parsed_content("image_keys") == ["image"]
+    assert parser.get_parsed_content("loss_name") == "clip"
+
+
+def test_run_finished_marks_the_record(tmp_path):
+    from ignite.engine import Engine
+
+    from mammoclip_monai.engines import RunFinished
+
+    RunDirectory(tmp_path, SETTINGS).claim()
+    engine = Engine(lambda e, b: None)
+    RunFinished(tmp_path).attach(engine)
+    engine.run([0, 1], max_epochs=2)
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["status"] == "finished" and record["epochs"] == 2 and record["settings"] == SETTINGS

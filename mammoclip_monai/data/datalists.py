@@ -22,7 +22,7 @@ value that does not parse (a box coordinate, a density, a BI-RADS category, a 0/
 category list, a split name) is a :class:`DatalistError` (an
 :class:`~mammoclip_monai.utils.InvalidInputError`) naming the file, the line as an editor shows it
 (the header is line 1) and the column, and saying what was expected. Image paths that resolve
-(after ``..`` and symlinks) outside the dataset folder are refused unless ``allow_outside=True``,
+outside the dataset folder (``..`` escapes; links placed inside are fine) are refused unless ``allow_outside=True``,
 so a datalist cannot make a run read arbitrary files.
 """
 
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils.errors import InvalidInputError
+from ..utils.errors import InvalidInputError, as_flag
 from ..utils.input_files import read_text_file
 
 SPLITS = ("train", "val", "test")
@@ -166,7 +166,7 @@ def dataset_path(value: str, root: Path, allow_outside: bool, source: str | os.P
     The returned path is the joined one (nothing resolved).
     """
     joined = Path(value) if os.path.isabs(value) else root / value
-    if not allow_outside and not _inside(joined, root):
+    if not as_flag(allow_outside, "allow_outside_dataset") and not _inside(joined, root):
         raise cell_error(source, row, column,
                          f"the image path {value!r} resolves to a file outside the dataset folder {root}; move the "
                          "files inside it, give dataset_dir=<their root>, or pass allow_outside=True "

@@ -41,6 +41,7 @@ from monai.utils.enums import TraceKeys
 
 from . import geometry
 from .breast import find_breast
+from ..utils.errors import as_flag
 from .reader import DEFAULT_MAX_PIXELS, read_mammogram
 
 # ----------------------------------------------------------------------------- reading
@@ -60,7 +61,7 @@ class LoadMammogram(Transform):
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.voi = voi
         self.window_index = window_index
-        self.allow_any_modality = allow_any_modality
+        self.allow_any_modality = as_flag(allow_any_modality, "allow_any_modality")
         self.max_pixels = max_pixels
 
     def __call__(self, path: str) -> MetaTensor:

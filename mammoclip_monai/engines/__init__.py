@@ -10,7 +10,7 @@ from .handlers import (
     ResumeHandler,
     TensorBoardImageGrid,
 )
-from .runs import RunDirectory, RunDirectoryInUse
+from .runs import RunDirectory, RunDirectoryInUse, RunFinished
 from .metrics import RetrievalRecall, ZeroShotAUROC, retrieval_metrics, zero_shot_metrics
 from .trainer import ContrastiveTrainer
 
@@ -26,6 +26,7 @@ __all__ = [
     "RetrievalRecall",
     "RunDirectory",
     "RunDirectoryInUse",
+    "RunFinished",
     "TensorBoardImageGrid",
     "ZeroShotAUROC",
     "retrieval_metrics",

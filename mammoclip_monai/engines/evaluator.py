@@ -19,6 +19,7 @@ from monai.engines import SupervisedEvaluator
 from monai.utils.enums import CommonKeys as Keys
 
 from ..text.prompts import PromptSet, embed_prompt_sets, load_prompt_sets, zero_shot_probabilities
+from ..utils.errors import as_flag
 from .trainer import model_inputs, move_to_device
 
 
@@ -68,7 +69,7 @@ class ContrastiveEvaluator(SupervisedEvaluator):
         self.zero_shot_scale = zero_shot_scale
         self.use_amp = amp
         self.amp_dtype = amp_dtype
-        self.channels_last = channels_last
+        self.channels_last = as_flag(channels_last, "channels_last")
         self.class_embeddings: dict[str, torch.Tensor] = {}
         self.add_event_handler(Events.STARTED, self._embed_prompts)
 

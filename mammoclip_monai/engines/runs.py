@@ -21,10 +21,10 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from ..utils.errors import UsageError
+from ..utils.errors import UsageError, as_flag
 from ..utils.files import atomic_write_text
 
-__all__ = ["RunDirectory", "RunDirectoryInUse", "RUN_RECORD"]
+__all__ = ["RunDirectory", "RunDirectoryInUse", "RunFinished", "RUN_RECORD"]
 
 logger = logging.getLogger("mammoclip_monai.engines")
 
@@ -64,7 +64,7 @@ class RunDirectory:
         self.directory = Path(directory)
         self.settings = _plain(dict(settings or {}))
         self.resume = None if resume in (None, "") else os.fspath(resume)
-        self.overwrite = bool(overwrite)
+        self.overwrite = as_flag(overwrite, "overwrite")
         self.outputs = tuple(outputs)
 
     @property
@@ -126,13 +126,24 @@ class RunDirectory:
             record["resumed"] = [*previous.get("resumed", []), now]
         atomic_write_text(json.dumps(record, indent=2) + "\n", self.record_path)
 
-    def attach(self, engine: Engine) -> None:
-        """Mark the run finished when the trainer completes (attach on rank 0 only)."""
-        engine.add_event_handler(Events.COMPLETED, self.finish)
-
     def finish(self, engine: Engine | None = None) -> None:
+        """Record that the run completed (and after how many epochs)."""
         record = self.read_record() or {"settings": self.settings}
         record.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         if engine is not None:
             record["epochs"] = int(engine.state.epoch)
         atomic_write_text(json.dumps(record, indent=2) + "\n", self.record_path)
+
+
+class RunFinished:
+    """Ignite handler: mark the run that claimed ``directory`` finished when the trainer completes.
+
+    A handler of its own (not the claiming :class:`RunDirectory` itself) because MONAI's property
+    check wants every ``train#handlers`` entry to be a component. Attach on rank 0 only.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.run = RunDirectory(directory)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.run.finish)

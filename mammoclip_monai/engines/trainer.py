@@ -25,6 +25,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim import Optimizer
 
 from ..losses import label_aware_targets
+from ..utils.errors import as_flag
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 LABEL_AWARE_MODES = ("none", "labels", "text", "labels+text")
@@ -138,13 +139,13 @@ class ContrastiveTrainer(SupervisedTrainer):
                          decollate=False, optim_set_to_none=True, accumulation_steps=accumulation_steps)
         self.label_aware = label_aware
         self.label_keys = tuple(label_keys)
-        self.use_amp = bool(amp)
+        self.use_amp = as_flag(amp, "amp")
         self.amp_dtype = AMP_DTYPES[amp_dtype]
         device_type = torch.device(device).type
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=self.use_amp and amp_dtype == "float16"
                                                 and device_type == "cuda")
         self.grad_clip_norm = grad_clip_norm
-        self.channels_last = channels_last
+        self.channels_last = channels_last = as_flag(channels_last, "channels_last")
         if channels_last:
             network.to(memory_format=torch.channels_last)
         accepted = loss_arguments(loss_function)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from ..utils.errors import InputsFailedError
+from ..utils.errors import InputsFailedError, as_flag
 from ..utils.files import atomic_write_text
 
 logger = logging.getLogger("mammoclip_monai.inference")
@@ -88,7 +88,7 @@ class PredictionWriter:
         self.output_dir = Path(output_dir)
         self.names = list(names)
         self.stem = stem
-        self.fail_on_errors = bool(fail_on_errors)
+        self.fail_on_errors = as_flag(fail_on_errors, "fail_on_errors")
         self.head = head
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []

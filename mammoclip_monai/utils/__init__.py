@@ -12,12 +12,13 @@ from .errors import (
     InvalidInputError,
     NoInputsError,
     UsageError,
+    as_flag,
     brief_errors,
     exit_code,
     one_line,
     user_error,
 )
 
-__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "EXIT_OK",
+__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "as_flag", "EXIT_OK",
            "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL", "brief_errors", "exit_code", "one_line",
            "user_error"]

@@ -23,7 +23,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "EXIT_OK",
+__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "as_flag", "EXIT_OK",
            "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL", "user_error", "exit_code", "one_line",
            "brief_errors", "format_traceback"]
 
@@ -67,6 +67,26 @@ class NoInputsError(UsageError, FileNotFoundError):
 
 class InputsFailedError(Exception):
     """Some inputs failed and the caller asked for that to be an error (``fail_on_errors``): exit 1."""
+
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+
+
+def as_flag(value: Any, name: str) -> bool:
+    """A yes/no setting as a bool, whatever form it arrives in; anything else is a :class:`UsageError`.
+
+    ``python -m monai.bundle run ... --overwrite false`` hands the *string* ``"false"`` to the config
+    (Fire parses only ``False`` as a bool), and ``bool("false")`` is ``True``: every flag a user can set
+    goes through here so that ``false`` means false.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UsageError(f"--{name} must be true or false, got {value!r}")
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -114,7 +134,7 @@ def brief_errors(verbose: bool = False, prog: str = "mammoclip bundle") -> None:
     ``RuntimeError`` layers and prints a long traceback; bundle configs call it first in ``initialize``.
     Bugs (any other exception) keep Python's traceback. ``verbose=True`` keeps tracebacks for everything.
     """
-    if verbose or getattr(sys.excepthook, "_mammoclip_brief", False):
+    if as_flag(verbose, "verbose") or getattr(sys.excepthook, "_mammoclip_brief", False):
         return
     previous = sys.excepthook
 
