@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ..utils.errors import InvalidInputError
+from ..utils.input_files import require_file, unreadable
 from .encoders import EfficientNetBNImageEncoder, TextEncoder, fold_stem_weight
 from .mammoclip import MammoCLIP, MammoCLIPConfig
 
@@ -95,7 +96,14 @@ def _harmless_globals() -> list[Any]:
 
 
 class RefusedPickleError(InvalidInputError, pickle.UnpicklingError):
-    """A checkpoint that needs a class outside the allow-list to be unpickled (``trusted=True`` would load it)."""
+    """A pickle that needs a class ``weights_only`` loading refuses (``refused``: that class's name)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, refused: str = "") -> None:
+        super().__init__(path, reason)
+        self.refused = refused
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason, self.refused))
 
 
 # torch.load's failures on a file that is not a torch checkpoint (truncated, text, another archive, a
@@ -110,31 +118,28 @@ def _refused_global(err: BaseException) -> str | None:
     return found.group(1) if isinstance(err, pickle.UnpicklingError) and found else None
 
 
-def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``; any failure is one :class:`InvalidInputError` line.
+def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu",
+                    allowed: list[Any] | None = None) -> Any:
+    """``torch.load(path, weights_only=True)`` (plus the ``allowed`` classes); any failure is one line.
 
     ``what`` names the expected file ("a FActOR weights file (factor.pt)"). A missing file, a folder,
-    a file torch cannot read, and a pickle that needs a class ``weights_only`` refuses (weights files
-    hold only tensors and plain values, so such a file is something else) are all reported as "not
-    ``what``"; torch's advice to unpickle with ``weights_only=False`` is never passed on.
+    a file torch cannot read (:class:`InvalidInputError`), and a pickle that needs a class
+    ``weights_only`` refuses (:class:`RefusedPickleError`: weights files hold only tensors and plain
+    values, so such a file is something else) are all reported as "not ``what``"; torch's advice to
+    unpickle with ``weights_only=False`` is never passed on.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InvalidInputError(path, f"no such file; expected {what}")
-    if path.is_dir():
-        raise InvalidInputError(path, f"is a folder; expected {what}")
+    path = require_file(path, what)
     try:
-        with warnings.catch_warnings():  # torch's note on pickle protocols means nothing to a user
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed or [])):
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # means nothing to a user
             return torch.load(str(path), map_location=map_location, weights_only=True)
     except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise InvalidInputError(path, f"cannot be read ({reason}); expected {what}") from None
+        raise unreadable(path, err, what) from None
     except _NOT_A_TORCH_FILE as err:
         refused = _refused_global(err)
         if refused:
-            raise InvalidInputError(path, f"not {what}: it is a pickle that needs the Python class {refused}, which a "
-                                          "weights file never contains") from None
+            raise RefusedPickleError(path, f"not {what}: it is a pickle that needs the Python class {refused}, which "
+                                           "a weights file never contains", refused) from None
         raise InvalidInputError(path, f"not {what}: torch cannot read it as a checkpoint "
                                       f"({type(err).__name__})") from None
 
@@ -171,25 +176,14 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ``trusted=True``: then it is fully unpickled after a warning, because unpickling can run
     arbitrary code and is only acceptable for files from a source you trust.
     """
-    path = Path(path)
-    what = "a Mammo-CLIP checkpoint (.tar)"
-    if not path.is_file():
-        raise InvalidInputError(path, f"{'is a folder' if path.is_dir() else 'no such file'}; expected {what}")
     try:
-        with torch.serialization.safe_globals(_harmless_globals()):
-            return torch.load(str(path), map_location=map_location, weights_only=True)
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise InvalidInputError(path, f"cannot be read ({reason}); expected {what}") from None
-    except _NOT_A_TORCH_FILE as err:
-        refused = _refused_global(err)
-        if refused is None:
-            raise InvalidInputError(path, f"not a Mammo-CLIP checkpoint: torch cannot read it ({type(err).__name__})"
-                                    ) from None
+        return read_torch_file(path, "a Mammo-CLIP checkpoint (.tar)", map_location, allowed=_harmless_globals())
+    except RefusedPickleError as err:
+        refused = err.refused
         if not trusted:
             raise RefusedPickleError(
                 path, f"needs {refused} to be unpickled, which weights_only loading refuses (it could run code); "
-                "if the file comes from a source you trust, pass trusted=True") from None
+                "if the file comes from a source you trust, pass trusted=True", refused) from None
         warnings.warn(
             f"{path} needs {refused}, so it is loaded with weights_only=False (full unpickling, which can run "
             "arbitrary code) because trusted=True was given",

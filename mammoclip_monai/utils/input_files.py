@@ -15,21 +15,31 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["read_text_file", "read_json_file", "describe_value"]
+__all__ = ["require_file", "unreadable", "read_text_file", "read_json_file", "describe_value"]
 
 
-def read_text_file(path: str | os.PathLike[str], what: str) -> str:
-    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); ``what`` names the expected file in errors."""
+def require_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path if it is an existing file; a missing one or a folder is one line naming ``what``."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(path, f"no such file; expected {what}")
     if path.is_dir():
         raise InvalidInputError(path, f"is a folder; expected {what}")
+    return path
+
+
+def unreadable(path: str | os.PathLike[str], err: OSError, what: str) -> InvalidInputError:
+    """The error for a file the operating system would not read (permissions, I/O)."""
+    return InvalidInputError(path, f"cannot be read ({err.strerror or type(err).__name__}); expected {what}")
+
+
+def read_text_file(path: str | os.PathLike[str], what: str) -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); ``what`` names the expected file in errors."""
+    path = require_file(path, what)
     try:
         data = path.read_bytes()
     except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise InvalidInputError(path, f"cannot be read ({reason}); expected {what}") from None
+        raise unreadable(path, err, what) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
