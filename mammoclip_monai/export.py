@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .utils.files import atomic_write_text
+
 __all__ = ["TextTower", "ImageTower", "export_text_tower", "export_image_onnx", "export_towers"]
 
 PARITY_PROMPTS = ("there is a suspicious mass in the left breast",
@@ -118,5 +120,5 @@ def export_towers(model: nn.Module, out_dir: str | os.PathLike, onnx: bool = Tru
                                "text_tower": export_text_tower(model, out / "text_tower.ts")}
     if onnx:
         summary["image_tower_onnx"] = export_image_onnx(model, out / "image_tower.onnx")
-    (out / "export.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "export.json")
     return summary

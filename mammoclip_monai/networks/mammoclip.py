@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils.errors import InvalidInputError
+from ..utils.files import atomic_path, atomic_write_text
 from ..utils.input_files import describe_value, read_json_file
 from .encoders import POOLING_MODES, EfficientNetBNImageEncoder, ImageEncoder, TextEncoder
 from .heads import PROJECTION_KINDS, ProjectionHead
@@ -418,14 +419,16 @@ class MammoCLIP(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and ``text_encoder/`` (HF config + tokenizer).
 
         The text model's config and tokenizer are stored so that :meth:`from_pretrained` needs
-        neither the original ``text_model`` path nor the hub.
+        neither the original ``text_model`` path nor the hub. The weights and the config are written
+        atomically (a killed save leaves the previous ones, never a truncated file).
         """
         from safetensors.torch import save_model
 
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        save_model(self, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "library": "mammoclip_monai"})
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_model(self, str(tmp), metadata={"format": "pt", "library": "mammoclip_monai"})
+        atomic_write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", directory / CONFIG_NAME)
         text_dir = directory / TEXT_DIR_NAME
         self.text_encoder.model.config.save_pretrained(str(text_dir))
         if self.tokenizer is not None:
