@@ -15,6 +15,7 @@ drops the training-only SigLIP ``logit_bias``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..text.prompts import PromptSet, embed_prompt_sets, load_prompt_sets
+from ..text.prompts import PromptSet, embed_prompt_sets, load_prompt_sets, prompt_sets_from_data
 
 __all__ = ["ZeroShotClassifier", "prompt_sets_from_dict", "output_names"]
 
@@ -35,16 +36,13 @@ def prompt_sets_from_dict(prompts: Mapping[str, Sequence[str | Sequence[str]]]) 
     """``{"mass": ["no mass", "mass"]}`` -> prompt sets (one class per entry; an entry may be a list of prompts).
 
     The last class of a two-class set is its "present" class; class names are the first prompt of each class.
+    Checked like a prompt file (:func:`~mammoclip_monai.text.prompts.prompt_sets_from_data`).
     """
-    sets = {}
-    for name, classes in prompts.items():
-        if isinstance(classes, str) or len(classes) < 2:
-            raise ValueError(f"prompts[{name!r}] needs a list of at least two classes, got {classes!r}")
-        grouped = tuple((c,) if isinstance(c, str) else tuple(str(p) for p in c) for c in classes)
-        if any(not group or not all(p.strip() for p in group) for group in grouped):
-            raise ValueError(f"prompts[{name!r}] has an empty class or prompt")
-        sets[name] = PromptSet(name, name, tuple(range(len(grouped))), grouped, tuple(g[0] for g in grouped))
-    return sets
+    def listed(value: Any) -> Any:  # Python callers may use tuples where JSON has lists
+        return [listed(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    as_lists = {name: listed(classes) for name, classes in prompts.items()}
+    return prompt_sets_from_data(as_lists, source="prompts")
 
 
 def output_names(prompt_sets: Mapping[str, PromptSet]) -> list[str]:
@@ -81,7 +79,7 @@ class ZeroShotClassifier(nn.Module):
                  tasks: Sequence[str] | None = ("mass", "calcification", "density")) -> None:
         super().__init__()
         model = getattr(model, "module", model)
-        if prompt_sets is None or isinstance(prompt_sets, str):
+        if prompt_sets is None or isinstance(prompt_sets, (str, os.PathLike)):
             prompt_sets = load_prompt_sets(prompt_sets, tasks=list(tasks) if tasks is not None else None)
         elif prompt_sets and not all(isinstance(v, PromptSet) for v in prompt_sets.values()):
             prompt_sets = prompt_sets_from_dict(prompt_sets)
