@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -356,12 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_output(session: Session) -> None:
-    """Logging level from -v / -q; third-party warnings only with --verbose."""
-    level = logging.DEBUG if session.verbose else (logging.WARNING if session.quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    if not session.verbose:
-        for noisy in (r"torch(\..*)?", r"onnx(script)?(\..*)?", r"transformers(\..*)?", r"monai(\..*)?", r"timm(\..*)?"):
-            warnings.filterwarnings("ignore", module=noisy)
+    """Logging from -v / -q: the project's INFO records unless --quiet; other libraries' records (the ONNX
+    exporter logs every pass it runs), warnings and Hugging Face notes only with --verbose."""
+    if session.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s", force=True)
+        return
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("mammoclip_monai").setLevel(logging.WARNING if session.quiet else logging.INFO)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is first imported
+    for noisy in (r"torch(\..*)?", r"onnx\w*(\..*)?", r"transformers(\..*)?", r"monai(\..*)?", r"timm(\..*)?"):
+        warnings.filterwarnings("ignore", module=noisy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -116,7 +116,7 @@ def export_towers(model: nn.Module, out_dir: str | os.PathLike, onnx: bool = Tru
     out = Path(out_dir)
     model = model.eval()
     summary: dict[str, Any] = {"embed_dim": int(model.config.embed_dim),
-                               "logit_scale": float(model.get_logit_scale()),
+                               "logit_scale": float(model.get_logit_scale().detach()),
                                "text_tower": export_text_tower(model, out / "text_tower.ts")}
     if onnx:
         summary["image_tower_onnx"] = export_image_onnx(model, out / "image_tower.onnx")

@@ -234,3 +234,17 @@ def test_console_script_exit_statuses_and_help(images, tmp_path):
     assert len(error_lines(partial.stderr)) == 1  # -q: no progress, no summary, the failure still listed
     helped = subprocess.run([*mammoclip(), "predict", "--help"], capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "exit status:" in helped.stdout and "some inputs failed" in helped.stdout
+
+
+# ----------------------------------------------------------------------------- --quiet is quiet
+def test_export_is_short_and_quiet_is_silent(model_dir, tmp_path):
+    """The ONNX exporter logs every pass it runs and torch warns on export: none of it without --verbose."""
+    loud = subprocess.run([*mammoclip(), "export", "--model", str(model_dir / "pretrained"), "--out",
+                           str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    lines = (loud.stdout + loud.stderr).splitlines()
+    assert len(lines) == 3 and lines[-1].startswith(f"exported to {tmp_path / 'a'}"), lines[:10]
+    quiet = subprocess.run([*mammoclip(), "export", "-q", "--model", str(model_dir / "pretrained"), "--out",
+                            str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert json.loads((tmp_path / "b" / "export.json").read_text())["text_tower"]["max_abs_difference"] <= 1e-4
