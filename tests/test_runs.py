@@ -73,7 +73,7 @@ def test_the_training_command_refuses_in_one_line_before_any_work(synthetic_data
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert errors == [f"mammoclip bundle: error: {models} holds another run's weights (model.pt); a new run would "
                       "replace them. Continue that run with --resume auto, replace it with --overwrite true, or give "
-                      "this run its own folder with --ckpt_dir DIR"]
+                      "this run folders of its own with --ckpt_dir DIR --output_dir DIR"]
     assert "Traceback" not in result.stderr
     assert (models / "model.pt").read_bytes() == b"a finished model"
 
@@ -122,3 +122,13 @@ def test_run_finished_marks_the_record(tmp_path):
     engine.run([0, 1], max_epochs=2)
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "finished" and record["epochs"] == 2 and record["settings"] == SETTINGS
+
+
+def test_the_logs_of_a_run_are_protected_too(tmp_path):
+    """A new run with its own --ckpt_dir but the default --output_dir would replace the other run's metrics."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.json").write_text("{}")
+    guard = RunDirectory(tmp_path / "models", SETTINGS, outputs=("model.pt", str(logs / "metrics.json")))
+    with pytest.raises(RunDirectoryInUse, match=r"metrics\.json.*--ckpt_dir DIR --output_dir DIR"):
+        guard.claim()

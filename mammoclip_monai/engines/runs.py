@@ -55,7 +55,8 @@ class RunDirectory:
             ``run.json`` and compared by ``resume="auto"``.
         resume: the trainer's resume setting: ``None`` (a new run), ``"auto"`` or a checkpoint path.
         overwrite: replace another run's outputs (they are deleted when the run starts).
-        outputs: the names in ``directory`` that belong to a run.
+        outputs: the names in ``directory`` that belong to a run (an absolute path names a file elsewhere,
+            e.g. the run's ``metrics.json`` in the logs folder).
     """
 
     def __init__(self, directory: str | os.PathLike, settings: Mapping[str, Any] | None = None,
@@ -80,7 +81,7 @@ class RunDirectory:
         return record if isinstance(record, dict) else None
 
     def existing_outputs(self) -> list[str]:
-        return [name for name in self.outputs if (self.directory / name).exists()]
+        return [name for name in self.outputs if (self.directory / name).exists()]  # absolute names stay absolute
 
     def claim(self) -> RunDirectory:
         """Check the folder and record this run in it; raise :class:`RunDirectoryInUse` if it is another run's."""
@@ -94,7 +95,7 @@ class RunDirectory:
             raise RunDirectoryInUse(
                 f"{self.directory} holds {owner}'s weights ({', '.join(existing)}); a new run would replace them. "
                 "Continue that run with --resume auto, replace it with --overwrite true, "
-                "or give this run its own folder with --ckpt_dir DIR")
+                "or give this run folders of its own with --ckpt_dir DIR --output_dir DIR")
         elif existing:
             logger.warning("--overwrite: deleting the previous run's %s in %s", ", ".join(existing), self.directory)
             for name in existing:
@@ -116,7 +117,7 @@ class RunDirectory:
             shown = "; ".join(f"{k}: {recorded.get(k)!r} there, {self.settings.get(k)!r} here" for k in differing[:4])
             raise RunDirectoryInUse(
                 f"{self.directory} holds a run with other settings ({shown}); --resume auto continues only the "
-                "same run: give this run its own folder with --ckpt_dir DIR")
+                "same run: give this run folders of its own with --ckpt_dir DIR --output_dir DIR")
 
     def _write_record(self, previous: dict[str, Any] | None) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
