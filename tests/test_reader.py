@@ -947,3 +947,17 @@ def test_corrupt_and_disguised_raster(tmp_path):
     Image.fromarray(grey).save(tmp_path / "g.gif")
     os.replace(tmp_path / "g.gif", tmp_path / "gif.png")  # GIF with a PNG name
     assert "not a DICOM" in reason_of(tmp_path / "gif.png").reason
+
+
+def test_rle_data_holding_jpeg2000_marker_bytes_is_read(tmp_path):
+    """RLE segments are arbitrary bytes: the JPEG 2000 start-of-codestream + SIZ bytes can occur in them
+    (a 1024 x 832 file of the synthetic training set had them) and must not be parsed as a frame header."""
+    high = np.array([0xFF, 0x4F, 0xFF, 0x51, *range(0xC0, 0x80, -1)], np.uint16)  # a literal run in the RLE
+    pixels = np.tile(high << 8, (8, 1)) + np.arange(8, dtype=np.uint16)[:, None]
+    path = make_mg(tmp_path / "rle.dcm", pixels, bits_stored=16)
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    save(ds, path)
+    assert b"\xff\x4f\xff\x51" in pydicom.dcmread(path).PixelData
+    image, _ = read(path, voi="range")
+    assert np.allclose(image, pixels / 65535.0, atol=1e-6)

@@ -83,6 +83,12 @@ _ITEM_TAG = b"\xfe\xff\x00\xe0"
 # JPEG (ISO 10918 and 14495) start-of-frame markers: they carry the codestream's own frame size.
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
 _J2K_SIZ = b"\xff\x4f\xff\x51"  # start of codestream + image and tile size marker
+_JPEG_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                            "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
+"""JPEG baseline / extended / lossless and JPEG-LS: the stream starts with SOI and has a SOF marker."""
+_J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                           "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+"""JPEG 2000 and HTJ2K: the codestream has a SIZ marker."""
 
 _LIBJPEG = "pylibjpeg pylibjpeg-libjpeg"
 _OPENJPEG = "pylibjpeg pylibjpeg-openjpeg"
@@ -637,11 +643,18 @@ def _first_fragment(value: bytes) -> memoryview:
 
 def _codestream_shape(fragment: memoryview, syntax: UID) -> tuple[int, int, int] | None:
     """(rows, columns, components) from a JPEG / JPEG-LS SOF or JPEG 2000 SIZ marker; None when
-    the fragment has none (RLE, or a codestream the decoder will refuse on its own)."""
+    the fragment has none (RLE, or a codestream the decoder will refuse on its own).
+
+    Only the syntax's own header is looked for: RLE segments are arbitrary bytes, in which the
+    JPEG 2000 marker bytes occur by chance (a real file of the synthetic set had them).
+    """
+    name = str(syntax)
+    if name not in _JPEG_SYNTAXES and name not in _J2K_SYNTAXES:
+        return None
     data = bytes(fragment[:1 << 16])  # the frame header sits in the first bytes of the first fragment
-    if data[:2] == b"\xff\xd8":
-        return _jpeg_frame_shape(data)
-    at = data.find(_J2K_SIZ)
+    if name in _JPEG_SYNTAXES:
+        return _jpeg_frame_shape(data) if data[:2] == b"\xff\xd8" else None
+    at = data.find(_J2K_SIZ)  # at the start of a codestream, or after the boxes of a JP2 file
     if at < 0 or len(data) < at + 42:
         return None
     siz = at + 4  # Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, XTsiz, YTsiz, XTOsiz, YTOsiz, Csiz
