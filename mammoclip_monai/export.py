@@ -112,10 +112,16 @@ def export_image_onnx(model: nn.Module, path: str | os.PathLike, image_size: tup
 
 
 def export_towers(model: nn.Module, out_dir: str | os.PathLike, onnx: bool = True) -> dict[str, Any]:
-    """``text_tower.ts`` + ``tokenizer/`` (+ ``image_tower.onnx``) and ``export.json`` with the parity figures."""
+    """``text_tower.ts`` + ``tokenizer/`` (+ ``image_tower.onnx``) and ``export.json`` with the parity figures.
+
+    ``export.json`` also records the input the image tower expects (size and intensity normalisation,
+    from the model config): an ONNX graph cannot say how its input was normalised in training.
+    """
     out = Path(out_dir)
     model = model.eval()
     summary: dict[str, Any] = {"embed_dim": int(model.config.embed_dim),
+                               "image_size": list(model.config.image_size),
+                               "image_normalization": dict(model.config.image_normalization),
                                "logit_scale": float(model.get_logit_scale().detach()),
                                "text_tower": export_text_tower(model, out / "text_tower.ts")}
     if onnx:

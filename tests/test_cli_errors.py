@@ -247,4 +247,6 @@ def test_export_is_short_and_quiet_is_silent(model_dir, tmp_path):
     quiet = subprocess.run([*mammoclip(), "export", "-q", "--model", str(model_dir / "pretrained"), "--out",
                             str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
-    assert json.loads((tmp_path / "b" / "export.json").read_text())["text_tower"]["max_abs_difference"] <= 1e-4
+    summary = json.loads((tmp_path / "b" / "export.json").read_text())
+    assert summary["text_tower"]["max_abs_difference"] <= 1e-4
+    assert summary["image_size"] == list(SIZE) and summary["image_normalization"]["mode"] == "fixed"
