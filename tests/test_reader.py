@@ -49,7 +49,7 @@ IDENTIFIERS = {
 META_KEYS = {
     "filename_or_obj", "image_hash", "laterality", "view", "pixel_spacing", "spacing_source",
     "bits_stored", "photometric_interpretation", "voi", "inverted", "modality", "manufacturer",
-    "spatial_shape",
+    "spatial_shape", "decoder",
 }
 RNG = np.random.default_rng(7)
 STORED = RNG.integers(0, 4096, size=(6, 5), dtype=np.uint16)  # 12-bit data, not square

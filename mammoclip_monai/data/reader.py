@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["MammogramReadError", "read_mammogram", "image_hash", "VOI_MODES", "DEFAULT_MAX_PIXELS"]
+__all__ = ["DEFAULT_MAX_PIXELS", "VOI_MODES", "MammogramReadError", "image_hash", "read_error", "read_mammogram"]
 
 DEFAULT_MAX_PIXELS = 2**26
 """Default ``max_pixels``: 8192 x 8192 = 67,108,864 pixels. The largest real mammograms are well
@@ -64,6 +64,15 @@ class MammogramReadError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
+def read_error(err: BaseException) -> MammogramReadError | None:
+    """The reader's error behind ``err`` (MONAI wraps a transform's exception in a ``RuntimeError``), or ``None``."""
+    seen: set[int] = set()
+    while err is not None and not isinstance(err, MammogramReadError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err if isinstance(err, MammogramReadError) else None
+
+
 def image_hash(path: str | os.PathLike[str]) -> str:
     """The file's content hash: the first 16 hex digits of SHA-256 of all its bytes, as stored.
 
@@ -96,6 +105,7 @@ def read_mammogram(
     window_index: int = 0,
     allow_any_modality: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a mammogram as a C-contiguous float32 ``(H, W)`` array in ``[0, 1]`` plus metadata.
 
@@ -107,19 +117,23 @@ def read_mammogram(
     ``allow_any_modality``. An image that declares more than ``max_pixels`` pixels (rows x
     columns x samples; DICOM pixel data also at most 2 bytes per capped pixel), or more than its
     bytes can hold, is refused before it is decoded, so a corrupt or hostile header cannot exhaust
-    memory (default :data:`DEFAULT_MAX_PIXELS`; docs/data_formats.md, "Reading").
+    memory (default :data:`DEFAULT_MAX_PIXELS`; docs/data_formats.md, "Reading"). ``decoder``
+    picks the DICOM pixel decoder (``"auto"``, ``"nvimgcodec"``, or backend names:
+    data/decoders.py; ``None``: the ``MAMMOCLIP_DICOM_DECODER`` environment variable, else
+    ``"auto"``); the metadata's ``decoder`` says which one ran.
 
     Raises:
         MammogramReadError: for any problem with the file (never another exception type).
-        ValueError: for an invalid ``voi``, ``window_index`` or ``max_pixels`` (a caller bug,
-            raised before the file is read).
+        ValueError: for an invalid ``voi``, ``window_index``, ``max_pixels`` or ``decoder`` (a
+            caller bug, raised before the file is read).
     """
     _check_arguments(voi, window_index, max_pixels)
+    _check_decoder(decoder)
     name = os.fsdecode(path)
     try:
         image, header, digest = _dispatch(name, voi=voi, window_index=int(window_index),
                                           allow_any_modality=bool(allow_any_modality),
-                                          max_pixels=int(max_pixels))
+                                          max_pixels=int(max_pixels), decoder=decoder)
         image = _finalise(image)
         meta = _assemble_meta(name, image, header, digest)
     except MammogramReadError:
@@ -139,8 +153,20 @@ def _check_arguments(voi: str, window_index: int, max_pixels: int) -> None:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
 
 
-def _dispatch(path: str, *, voi: str, window_index: int, allow_any_modality: bool, max_pixels: int
-              ) -> tuple[np.ndarray, dict[str, Any], str]:
+def _check_decoder(decoder: str | None) -> None:
+    """Validate a requested DICOM decoder (argument or environment) before any file is read;
+    pydicom is imported only when one is requested."""
+    if decoder is None and not os.environ.get("MAMMOCLIP_DICOM_DECODER"):
+        return
+    try:
+        from mammoclip_monai.data.decoders import resolve_choice
+    except ImportError:  # no pydicom: DICOM files are refused with their own reason
+        return
+    resolve_choice(decoder)
+
+
+def _dispatch(path: str, *, voi: str, window_index: int, allow_any_modality: bool, max_pixels: int,
+              decoder: str | None = None) -> tuple[np.ndarray, dict[str, Any], str]:
     """Open the file once: decide its format from its magic bytes (then its extension), read it,
     and hash the same open file's bytes (only after a successful read: refusals cost no hash)."""
     if not os.path.exists(path):
@@ -155,7 +181,8 @@ def _dispatch(path: str, *, voi: str, window_index: int, allow_any_modality: boo
         kind = _sniff(path, _read_head(path, handle))
         if kind == "dicom":
             image, header = _read_dicom(path, handle, voi=voi, window_index=window_index,
-                                        allow_any_modality=allow_any_modality, max_pixels=max_pixels)
+                                        allow_any_modality=allow_any_modality, max_pixels=max_pixels,
+                                        decoder=decoder)
         elif kind == "raster":
             image, header = read_raster(path, handle, max_pixels=max_pixels)
         else:
@@ -195,7 +222,7 @@ def _sniff(path: str, head: bytes) -> str | None:
 
 
 def _read_dicom(path: str, handle: BinaryIO, *, voi: str, window_index: int, allow_any_modality: bool,
-                max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+                max_pixels: int, decoder: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Delegate to the DICOM module, turning its rejections into MammogramReadError."""
     try:
         from mammoclip_monai.data import dicom
@@ -203,7 +230,8 @@ def _read_dicom(path: str, handle: BinaryIO, *, voi: str, window_index: int, all
         raise MammogramReadError(path, "reading DICOM needs pydicom (pip install pydicom)") from exc
     try:
         return dicom.read_dicom(handle, voi=voi, window_index=window_index,
-                                allow_any_modality=allow_any_modality, max_pixels=max_pixels)
+                                allow_any_modality=allow_any_modality, max_pixels=max_pixels,
+                                decoder=decoder)
     except dicom.DicomRejected as exc:
         raise MammogramReadError(path, exc.reason) from exc.__cause__
 
@@ -245,6 +273,7 @@ def read_raster(path: str, handle: BinaryIO | None = None, *, max_pixels: int = 
         "pixel_spacing": (math.nan, math.nan), "spacing_source": "unknown",
         "bits_stored": bits, "photometric_interpretation": "MONOCHROME2",
         "voi": "range", "inverted": False, "modality": "unknown", "manufacturer": "",
+        "decoder": "pillow",
     }
     return image, header
 
@@ -347,4 +376,5 @@ def _assemble_meta(path: str, image: np.ndarray, header: dict[str, Any], digest:
         "modality": str(header["modality"]),
         "manufacturer": str(header["manufacturer"]),
         "spatial_shape": (int(image.shape[0]), int(image.shape[1])),
+        "decoder": str(header.get("decoder", "unknown")),
     }

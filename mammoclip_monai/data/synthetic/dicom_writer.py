@@ -1,13 +1,15 @@
 """Writing synthetic images as real MG DICOM files (pydicom 3, with a pydicom 2.4 fallback).
 
 The files exercise what a mammography reader has to cope with: MONOCHROME1 and MONOCHROME2,
-12/14/16 stored bits in 16 allocated, VOI windows or VOI LUT sequences or neither, RLE Lossless
-or Explicit VR Little Endian, ImagerPixelSpacing with or without PixelSpacing. Headers carry
+12/14/16 stored bits in 16 allocated, VOI windows or VOI LUT sequences or neither, Explicit VR
+Little Endian or a lossless compressed syntax (RLE; and, with the encoders installed, JPEG 2000,
+JPEG-LS, JPEG lossless SV1), ImagerPixelSpacing with or without PixelSpacing. Headers carry
 fictitious patient identifiers that must never reach the CSV outputs.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,14 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
 
 __all__ = [
     "DIGITAL_MAMMO_PRESENTATION",
@@ -23,6 +32,7 @@ __all__ = [
     "MANUFACTURER",
     "DicomUIDs",
     "ImageEncoding",
+    "TRANSFER_SYNTAXES",
     "PatientIdentity",
     "encode_pixels",
     "make_uid",
@@ -34,6 +44,19 @@ DIGITAL_MAMMO_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 MANUFACTURER = "MammoCLIP-MONAI Synthetic"
 _PYDICOM3 = int(pydicom.__version__.split(".")[0]) >= 3
+
+TRANSFER_SYNTAXES = {
+    "explicit": ExplicitVRLittleEndian,
+    "rle": RLELossless,
+    "jpeg2000": JPEG2000Lossless,
+    "jpegls": JPEGLSLossless,
+    "jpeg_lossless": JPEGLosslessSV1,
+}
+"""``ImageEncoding.transfer`` -> transfer syntax UID; every one is lossless. Encoders: pydicom's own
+RLE encoder (the same bytes as before the compiled plugins were installed), pylibjpeg-openjpeg
+(JPEG 2000), pyjpegls (JPEG-LS), GDCM (JPEG lossless, which no pydicom plugin encodes). HTJ2K
+has no CPU encoder among the installed packages (OpenJPEG only decodes it), so it is not offered."""
+_ENCODING_PLUGIN = {"rle": "pydicom", "jpeg2000": "pylibjpeg", "jpegls": "pyjpegls"}
 
 _VIEW_CODES = {
     "CC": ("399162004", "cranio-caudal"),
@@ -73,7 +96,7 @@ class ImageEncoding:
 
     bits_stored: int = 16
     photometric: str = "MONOCHROME2"  # or MONOCHROME1 (stored values inverted)
-    transfer: str = "explicit"  # "explicit" | "rle"
+    transfer: str = "explicit"  # a key of TRANSFER_SYNTAXES: "explicit" | "rle" | "jpeg2000" | "jpegls" | "jpeg_lossless"
     voi: str = "none"  # "window" | "lut" | "none"
     window: tuple[float, float] = (0.0, 1.0)  # window bounds as fractions of the display range
     lut_gamma: float = 1.0
@@ -152,11 +175,67 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, bits_allocated: int, bits_store
 
 
 def _compress_rle(ds: Dataset, pixels: np.ndarray) -> None:
-    """RLE Lossless with pydicom's native encoder, keeping the SOP Instance UID."""
-    if _PYDICOM3:
-        ds.compress(RLELossless, pixels, generate_instance_uid=False)
-    else:  # pragma: no cover - pydicom 2.4
+    """RLE Lossless with pydicom's native encoder, keeping the SOP Instance UID.
+
+    The plugin is named: with GDCM installed pydicom would pick it first, and its RLE segments
+    differ byte for byte from pydicom's (seeded datasets must not change with the install).
+    """
+    _compress(ds, pixels, "rle")
+
+
+def _compress(ds: Dataset, pixels: np.ndarray, transfer: str) -> None:
+    """Encode the native pixel data with the transfer syntax's lossless encoder."""
+    if transfer == "jpeg_lossless":
+        _compress_with_gdcm(ds, JPEGLosslessSV1)
+    elif _PYDICOM3:
+        ds.compress(TRANSFER_SYNTAXES[transfer], pixels, encoding_plugin=_ENCODING_PLUGIN[transfer],
+                    generate_instance_uid=False)
+    elif transfer == "rle":  # pragma: no cover - pydicom 2.4
         ds.compress(RLELossless, pixels)
+    else:  # pragma: no cover - pydicom 2.4
+        raise ValueError(f"transfer {transfer!r} needs pydicom >= 3 to encode")
+
+
+def _compress_with_gdcm(ds: Dataset, syntax: str) -> None:
+    """Encode with GDCM (python-gdcm): a pixel-only copy of the data set goes through a temporary
+    file, and only its encapsulated pixel data come back, so the header stays pydicom's."""
+    import gdcm
+
+    names = {JPEGLosslessSV1: "JPEGLosslessProcess14_1"}
+    pixel_only = Dataset()
+    pixel_only.file_meta = FileMetaDataset()
+    pixel_only.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+    pixel_only.file_meta.MediaStorageSOPInstanceUID = pixel_only.SOPInstanceUID = make_uid("gdcm", ds.SOPInstanceUID)
+    pixel_only.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    pixel_only.SOPClassUID = SECONDARY_CAPTURE
+    pixel_only.Modality = "OT"  # GDCM aborts the process on a data set without a modality
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+                    "BitsStored", "HighBit", "PixelRepresentation", "PixelData"):
+        setattr(pixel_only, keyword, getattr(ds, keyword))
+    pixel_only["PixelData"].VR = ds["PixelData"].VR
+    with tempfile.TemporaryDirectory(prefix="mammoclip-gdcm-") as tmp:
+        source, target = str(Path(tmp) / "native.dcm"), str(Path(tmp) / "encoded.dcm")
+        _save(pixel_only, Path(source))
+        reader = gdcm.ImageReader()
+        reader.SetFileName(source)
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, names[syntax])))
+        if not reader.Read():
+            raise RuntimeError("GDCM could not read the native pixel data")
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError(f"GDCM could not encode {syntax}")
+        writer = gdcm.ImageWriter()
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.SetFileName(target)
+        if not writer.Write():
+            raise RuntimeError("GDCM could not write the encoded pixel data")
+        encoded = pydicom.dcmread(target)
+    ds.PixelData = encoded.PixelData
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = syntax
 
 
 def _save(ds: Dataset, path: Path) -> None:
@@ -224,8 +303,10 @@ def write_mammogram(
     _set_voi(ds, encoding)
     pixels = encode_pixels(image, encoding.bits_stored, encoding.photometric)
     _set_pixels(ds, pixels, 16, encoding.bits_stored)
-    if encoding.transfer == "rle":
-        _compress_rle(ds, pixels)
+    if encoding.transfer not in TRANSFER_SYNTAXES:
+        raise ValueError(f"unknown transfer {encoding.transfer!r}; expected one of {sorted(TRANSFER_SYNTAXES)}")
+    if encoding.transfer != "explicit":
+        _compress(ds, pixels, encoding.transfer)
     _save(ds, Path(path))
 
 
