@@ -76,17 +76,56 @@ def find_breast(image: torch.Tensor | np.ndarray, relative_threshold: float = 0.
             fullest row/column are trimmed (thin lines touching the breast).
         margin_fraction: margin added around the box, as a fraction of its size.
     """
+    return analyse_breast(image, relative_threshold, border_fraction, trim_fraction, margin_fraction).region
+
+
+@dataclass(frozen=True)
+class BreastAnalysis:
+    """One analysis of one image: the region, plus what is needed to judge a part of it again.
+
+    Lets the fused chain (data/preprocess.py) decide the crop and the chest-wall side from a
+    single downsampled copy instead of analysing the cropped image a second time.
+    """
+
+    region: BreastRegion
+    weights: np.ndarray  # breast intensity summed per column of the small copy
+    factor: int  # full-resolution pixels per small-copy pixel
+
+    def chest_wall_side_within(self, x0: int, x1: int) -> str:
+        """The chest-wall side of the breast inside columns ``[x0, x1)`` (full-resolution pixels)."""
+        if not self.region.found:
+            return "left"
+        lo = max(0, x0 // self.factor)
+        hi = min(self.weights.size, max(lo + 1, -(-x1 // self.factor)))
+        part = self.weights[lo:hi]
+        half = part.size // 2
+        left, right = part[:half].sum(), part[part.size - half:].sum()
+        return "right" if right > left else "left"
+
+
+def analyse_breast(image: torch.Tensor | np.ndarray, relative_threshold: float = 0.1, border_fraction: float = 0.01,
+                   trim_fraction: float = 0.02, margin_fraction: float = 0.0) -> BreastAnalysis:
+    """:func:`find_breast`, keeping the per-column breast weights for later side decisions."""
     shape = tuple(torch.as_tensor(image).shape[-2:])
-    height, width = int(shape[0]), int(shape[1])
     small, factor = downsample(image)
+    return analyse_small(small, factor, (int(shape[0]), int(shape[1])), relative_threshold, border_fraction,
+                         trim_fraction, margin_fraction)
+
+
+def analyse_small(small: np.ndarray, factor: int, shape: tuple[int, int], relative_threshold: float = 0.1,
+                  border_fraction: float = 0.01, trim_fraction: float = 0.02, margin_fraction: float = 0.0
+                  ) -> BreastAnalysis:
+    """The analysis of :func:`analyse_breast` on an already downsampled copy (what :func:`downsample`
+    gives for an image of ``shape``), for callers that build that copy while streaming the image."""
+    height, width = shape
     sh, sw = small.shape
     mask = small > foreground_threshold(small, relative_threshold)
-    border = max(1, int(round(border_fraction * max(sh, sw))))
+    border = max(1, round(float(border_fraction) * max(sh, sw)))
     mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = False, False, False, False
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool))
     breast = _largest_component(mask)
     if not breast.any():
-        return BreastRegion((0, 0, width, height), "left", 0.0, False)
+        return BreastAnalysis(BreastRegion((0, 0, width, height), "left", 0.0, False), np.zeros(sw), factor)
     r0, r1 = _trim(breast.sum(1).astype(float), trim_fraction)
     c0, c1 = _trim(breast.sum(0).astype(float), trim_fraction)
     # touching the ignored frame means touching the image edge (the chest wall usually does)
@@ -95,10 +134,11 @@ def find_breast(image: torch.Tensor | np.ndarray, relative_threshold: float = 0.
     x0, y0 = c0 * factor, r0 * factor
     x1, y1 = min(width, c1 * factor), min(height, r1 * factor)
     if margin_fraction > 0:
-        mx, my = int(round(margin_fraction * (x1 - x0))), int(round(margin_fraction * (y1 - y0)))
+        mx, my = round(float(margin_fraction) * (x1 - x0)), round(float(margin_fraction) * (y1 - y0))
         x0, y0, x1, y1 = max(0, x0 - mx), max(0, y0 - my), min(width, x1 + mx), min(height, y1 + my)
     weights = np.where(breast, small, 0.0).sum(0)
     half = sw // 2
     left, right = weights[:half].sum(), weights[sw - half:].sum()
     side = "right" if right > left else "left"
-    return BreastRegion((int(x0), int(y0), int(x1), int(y1)), side, float(breast.mean()), True)
+    region = BreastRegion((int(x0), int(y0), int(x1), int(y1)), side, float(breast.mean()), True)
+    return BreastAnalysis(region, weights, factor)

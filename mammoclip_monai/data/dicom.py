@@ -17,6 +17,7 @@ with a bounded output, never by pydicom's unbounded ``zlib.decompress``.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import logging
 import math
@@ -30,22 +31,19 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
-import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial, read_preamble
 from pydicom.uid import UID
 
+from mammoclip_monai.data import decoders as _decoders
 from mammoclip_monai.data.reader import DEFAULT_MAX_PIXELS, NOT_SUPPORTED
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut as _pydicom_modality_lut
-    from pydicom.pixels import get_decoder as _get_decoder
 except ImportError:  # pydicom 2.4
     from pydicom.pixel_data_handlers.util import apply_modality_lut as _pydicom_modality_lut
-
-    _get_decoder = None
 
 __all__ = ["DicomRejected", "read_dicom", "greyscale", "modality_values", "header_metadata",
            "BYTES_PER_CAPPED_PIXEL", "DEFLATE_HEADER_ROOM", "MAX_COMPRESSION_RATIO"]
@@ -222,25 +220,28 @@ def _quiet_pydicom() -> Iterator[None]:
 # -------------------------------------------------------------------------------- entry point
 
 def read_dicom(source: str | os.PathLike[str] | BinaryIO, *, voi: str = "auto", window_index: int = 0,
-               allow_any_modality: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
-               ) -> tuple[np.ndarray, dict[str, Any]]:
+               allow_any_modality: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+               decoder: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode one grey-scale DICOM image; return the [0, 1] image and the allow-listed header facts.
 
     ``source`` is a path or an open binary file (the reader passes the file it opened, so that it
     can hash the same file afterwards). Sizes are checked against ``max_pixels`` before the pixel
-    data are read or decoded.
+    data are read or decoded. ``decoder`` picks the pixel decoder (data/decoders.py; ``None``: the
+    ``MAMMOCLIP_DICOM_DECODER`` environment variable, else ``"auto"``); the one that ran is the
+    ``decoder`` fact.
     """
+    choice = _decoders.resolve_choice(decoder)  # a bad value is a ValueError, before the file is read
     with _quiet_pydicom(), _binary_file(source) as handle:
         data = _DataSetSource.open(handle, max_pixels)
         header, keyword, forced = _read_header(data)
         _check_header(header, keyword, allow_any_modality, max_pixels)
         ds = _read_whole(data, forced)
         geometry = _check_dataset(ds, allow_any_modality, max_pixels)
-        pixels = _decode(ds, geometry)
+        pixels, decoder_used = _decode(ds, geometry, choice)
         image, voi_used, inverted = greyscale(pixels, ds, voi=voi, window_index=window_index)
         header_facts = header_metadata(ds)
     header_facts.update(bits_stored=geometry.bits_stored, photometric_interpretation=geometry.photometric,
-                        voi=voi_used, inverted=inverted)
+                        voi=voi_used, inverted=inverted, decoder=decoder_used)
     return image, header_facts
 
 
@@ -700,19 +701,8 @@ def _known_transfer_syntax(syntax: UID) -> bool:
 
 
 def _decoder_available(syntax: UID) -> bool:
-    """pydicom 3: ``get_decoder(ts).is_available``; pydicom 2.4: any available handler that supports it."""
-    if _get_decoder is not None:
-        try:
-            return bool(_get_decoder(syntax).is_available)
-        except (NotImplementedError, ValueError, KeyError):
-            return False
-    for handler in getattr(pydicom.config, "pixel_data_handlers", []):
-        try:
-            if handler.supports_transfer_syntax(syntax) and handler.is_available():
-                return True
-        except Exception:
-            continue
-    return False
+    """At least one CPU backend of data/decoders.py is installed for the syntax."""
+    return bool(_decoders.installed_backends(str(syntax)))
 
 
 def _syntax_name(syntax: UID) -> str:
@@ -722,34 +712,147 @@ def _syntax_name(syntax: UID) -> str:
 
 # ----------------------------------------------------------------------------------- decoding
 
-def _decode(ds: Dataset, geometry: _Geometry) -> np.ndarray:
-    """Stored values as a (Rows, Columns) array; every decoder failure becomes a reason."""
+def _decode(ds: Dataset, geometry: _Geometry, choice: tuple[str, ...] = (_decoders.AUTO,)
+            ) -> tuple[np.ndarray, str]:
+    """Stored values as a (Rows, Columns) array and the decoder that ran ("native" for
+    uncompressed data; for compressed data the first backend of data/decoders.py that succeeds);
+    every failure becomes one reason."""
+    syntax = geometry.transfer_syntax
     try:
-        pixels = np.asarray(ds.pixel_array)
+        if syntax.is_compressed:
+            pixels, used = _decoders.decode(ds, str(syntax), choice)
+        else:
+            pixels, used = np.asarray(ds.pixel_array), _decoders.NATIVE
+    except _decoders.DecodeFailed as exc:
+        raise DicomRejected(_decode_failure(syntax, exc)) from exc
     except Exception as exc:
-        raise DicomRejected(_decode_failure(geometry.transfer_syntax, exc)) from exc
+        raise DicomRejected(_decode_failure(syntax, exc)) from exc
     if pixels.shape != (geometry.rows, geometry.columns):
         raise DicomRejected(
             f"decoded pixel data has shape {pixels.shape}, expected ({geometry.rows}, {geometry.columns})")
-    return pixels
+    return pixels, used
 
 
 def _decode_failure(syntax: UID, exc: Exception) -> str:
-    """Say what failed and, for compressed data, which decoder to try."""
-    detail = _MEMORY_ADDRESS.sub("", " ".join(str(exc).split()))[:240]
+    """Say what failed (for compressed data: each backend tried, and its error) and what may help."""
+    if isinstance(exc, _decoders.DecodeFailed):
+        detail = exc.reason
+    else:
+        detail = f"{type(exc).__name__}: " + _MEMORY_ADDRESS.sub("", " ".join(str(exc).split()))[:240]
     if "less than expected" in detail or "truncat" in detail.lower():
         return f"truncated pixel data ({detail})"
     if syntax.is_compressed:
         hint = _DECODER_HINTS.get(str(syntax), "pylibjpeg")
-        return (f"could not decode the {_syntax_name(syntax)!r} pixel data ({type(exc).__name__}: {detail}); "
+        return (f"could not decode the {_syntax_name(syntax)!r} pixel data with {detail}; "
                 f"another decoder may help: pip install {hint}")
-    return f"could not decode the pixel data ({type(exc).__name__}: {detail})"
+    return f"could not decode the pixel data ({detail})"
 
 
 _MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # "<_io.BytesIO object at 0x7f...>": the same every run
 
 
 # ------------------------------------------------------------------------ grey-scale pipeline
+
+_STORED_SINK: contextvars.ContextVar[list | None] = contextvars.ContextVar("mammoclip_stored_sink", default=None)
+
+
+@contextmanager
+def stored_values() -> Iterator[list]:
+    """Within this context :func:`greyscale` tabulates instead of mapping (the fused chain's hook).
+
+    For 8/16-bit integer pixels, ``greyscale`` appends ``(pixels, table, linear)`` to the yielded
+    list and returns a 1 x 1 placeholder image with the right ``voi_used`` and ``inverted``:
+    ``linear`` is :func:`greyscale_linear`'s ``(shift, scale)`` when the mapping is a clipped ramp
+    (``table`` is then None), else ``table`` is :func:`greyscale_table`'s (indexed by the pixels'
+    unsigned view, exactly what ``greyscale`` would give each stored value). The caller then maps only the pixels it needs (data/preprocess.py). Other pixel
+    data are mapped as usual and nothing is appended. Per thread / task (a context variable).
+    """
+    sink: list = []
+    token = _STORED_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _STORED_SINK.reset(token)
+
+
+def greyscale_table(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_index: int = 0
+                    ) -> tuple[np.ndarray, str, bool] | None:
+    """:func:`greyscale` of every stored value ``pixels`` can hold, as a float32 lookup table.
+
+    Returns ``(table, voi_used, inverted)``, ``table[pixels.view(unsigned)]`` being the image
+    ``greyscale(pixels, ds)`` would give, bit for bit; None for other than 8/16-bit native integer
+    data. Min-max (the one mapping that depends on the image, not only on the value) is
+    tabulated over the image's own stored range, which gives the same ends.
+    """
+    if pixels.dtype.kind not in "iu" or pixels.dtype.itemsize > 2 or not pixels.dtype.isnative or pixels.size == 0:
+        return None
+    unsigned = np.dtype(f"u{pixels.dtype.itemsize}")
+    size = 2 ** (8 * unsigned.itemsize)
+    by_image = voi == "minmax" or (voi == "auto" and _voi_lut_item(ds, window_index) is None
+                                   and _window(ds, window_index) is None)
+    if by_image:
+        if _modality_lut_item(ds) is not None:
+            return None  # a LUT sequence need not be monotone: min-max needs the values present
+        domain = np.arange(int(pixels.min()), int(pixels.max()) + 1).astype(pixels.dtype)
+    else:
+        domain = np.arange(size, dtype=unsigned).view(pixels.dtype)
+    values, voi_used, inverted = _greyscale(domain[None], ds, voi=voi, window_index=window_index)
+    table = np.zeros(size, dtype=np.float32)
+    table[domain.view(unsigned)] = values[0]
+    return table, voi_used, inverted
+
+
+def greyscale_linear(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_index: int = 0
+                     ) -> tuple[float, float, str] | None:
+    """``(shift, scale, voi_used)`` when :func:`greyscale` is ``clip((stored - shift) * scale, 0, 1)``.
+
+    True of the common case (rescale slope/intercept, then a LINEAR / LINEAR_EXACT window,
+    min-max or range, inverted or not); computing it that way differs from ``greyscale`` only by
+    float32 rounding (a few units in the last place), and costs two arithmetic steps, not a gather.
+    """
+    if pixels.dtype.kind not in "iu" or pixels.dtype.itemsize > 2 or _modality_lut_item(ds) is not None:
+        return None
+    if voi == "lut" or (voi == "auto" and _voi_lut_item(ds, window_index) is not None):
+        return None
+    slope = _rescale_value(ds, "RescaleSlope", 1.0)
+    intercept = _rescale_value(ds, "RescaleIntercept", 0.0)
+    ends = _ramp_ends(pixels, ds, voi, window_index, slope, intercept)
+    if ends is None:
+        return None
+    low, high, used = ends
+    if not all(math.isfinite(end) and abs(end) < 3.0e38 for end in (low, high)) or not high > low or slope == 0:
+        return None  # flat or out of float32: the table path decides
+    # shifting first keeps float32 cancellation away from narrow windows far from zero
+    if needs_inversion(ds):
+        return (high - intercept) / slope, -slope / (high - low), used
+    return (low - intercept) / slope, slope / (high - low), used
+
+
+def _ramp_ends(pixels: np.ndarray, ds: Dataset, voi: str, index: int, slope: float, intercept: float
+               ) -> tuple[float, float, str] | None:
+    """(low, high, voi_used) of the linear ramp ``greyscale`` applies to integer pixels, or None."""
+    nominal = _stored_range(ds, pixels)
+    if nominal is None:
+        return None
+    window = _window(ds, index) if voi in ("auto", "window") else None
+    if window is not None:
+        center, width, function = window
+        if function == "SIGMOID" or not width > 1:
+            return None
+        if function == "LINEAR_EXACT":
+            return center - width / 2.0, center + width / 2.0, "window"
+        half = (width - 1.0) / 2.0
+        return center - 0.5 - half, center - 0.5 + half, "window"
+    if voi == "window":
+        return None  # let the generic path give its reason
+    if voi == "range":
+        ends = sorted((nominal[0] * slope + intercept, nominal[1] * slope + intercept))
+        return ends[0], ends[1], "range"
+    if pixels.size == 0:  # minmax (also "auto" without a window)
+        return None
+    values = _rescaled(np.asarray([pixels.min(), pixels.max()]), slope, intercept)
+    return float(values.min()), float(values.max()), "minmax"
+
 
 def greyscale(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_index: int = 0
               ) -> tuple[np.ndarray, str, bool]:
@@ -758,16 +861,37 @@ def greyscale(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_inde
     Returns ``(image, voi_used, inverted)``. The inversion is folded into the VOI mapping (a
     descending ramp, a negated sigmoid, an inverted table), so it costs no pass over the image.
     An image the VOI leaves flat (window width <= 0, a VOI LUT whose entries are all equal, all
-    values equal for min-max) is all zeros, not inverted.
+    values equal for min-max) is all zeros, not inverted. Inside :func:`stored_values`, 8/16-bit
+    integer images are tabulated instead (see there).
     """
+    sink = _STORED_SINK.get()
+    if sink is not None and pixels.dtype.kind in "iu" and pixels.dtype.itemsize <= 2 and pixels.dtype.isnative:
+        linear = greyscale_linear(pixels, ds, voi=voi, window_index=window_index)
+        if linear is not None:
+            sink.append((pixels, None, linear[:2]))
+            return np.zeros((1, 1), dtype=np.float32), linear[2], needs_inversion(ds)
+        tabulated = greyscale_table(pixels, ds, voi=voi, window_index=window_index)
+        if tabulated is not None:
+            table, voi_used, inverted = tabulated
+            sink.append((pixels, table, None))
+            return np.zeros((1, 1), dtype=np.float32), voi_used, inverted
+    return _greyscale(pixels, ds, voi=voi, window_index=window_index)
+
+
+def _greyscale(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_index: int = 0
+               ) -> tuple[np.ndarray, str, bool]:
+    """The mapping itself (see :func:`greyscale`)."""
     invert = needs_inversion(ds)
     item = _voi_lut_item(ds, window_index) if voi in ("auto", "lut") else None
     if voi == "lut" and item is None:
         raise DicomRejected("voi='lut' but the file has no usable VOI LUT Sequence")
     with np.errstate(all="ignore"):
+        fast = None if item is not None else _integer_ramp(pixels, ds, voi, window_index, invert)
         if item is not None:
             image, flat = _voi_lut_pipeline(pixels, ds, item, invert)
             voi_used = "lut"
+        elif fast is not None:
+            image, voi_used, flat = fast
         else:
             values, nominal = modality_values(pixels, ds)
             image, voi_used, flat = _apply_voi(values, ds, voi, window_index, nominal, invert)
@@ -775,6 +899,52 @@ def greyscale(pixels: np.ndarray, ds: Dataset, *, voi: str = "auto", window_inde
             return np.zeros(pixels.shape, dtype=np.float32), voi_used, False
         np.clip(image, 0.0, 1.0, out=image)
     return image, voi_used, invert
+
+
+def _integer_ramp(pixels: np.ndarray, ds: Dataset, voi: str, index: int, invert: bool
+                  ) -> tuple[np.ndarray, str, bool] | None:
+    """The common case in fewer passes: integer pixels, rescale (no LUT sequence), a linear ramp.
+
+    Performs exactly the float32 operations of ``modality_values`` + ``_apply_voi`` in the same
+    order (so the result is bit-identical), but converts while doing the first operation instead
+    of in a pass of its own, and takes min-max from the integer pixels (cheap) instead of from the
+    float32 values. Returns None when another path must decide (SIGMOID, thresholds, modality LUT
+    sequences, float data, or ramps float32 cannot hold).
+    """
+    if pixels.dtype.kind not in "iu" or pixels.dtype.itemsize > 2 or _modality_lut_item(ds) is not None:
+        return None
+    slope = _rescale_value(ds, "RescaleSlope", 1.0)
+    intercept = _rescale_value(ds, "RescaleIntercept", 0.0)
+    ends = _ramp_ends(pixels, ds, voi, index, slope, intercept)
+    if ends is None:
+        return None
+    low, high, used = ends
+    if not all(math.isfinite(end) and abs(end) < 3.0e38 for end in (low, high)):
+        return None  # the generic path refuses or computes it in float64
+    if not high > low:
+        return pixels, used, True  # flat: the caller returns zeros
+    span = np.float32(high - low)
+    if span == 0 or not np.isfinite(span):
+        return None
+    values = _rescaled(pixels, slope, intercept, shift=np.float32(high if invert else low))
+    values /= -span if invert else span
+    return values, used, False
+
+
+def _rescaled(pixels: np.ndarray, slope: float, intercept: float, shift: np.float32 | None = None) -> np.ndarray:
+    """float32(pixels) * slope + intercept - shift, the conversion fused into the first operation."""
+    steps = [(np.multiply, np.float32(slope))] if slope != 1.0 else []
+    if intercept != 0.0:
+        steps.append((np.add, np.float32(intercept)))
+    if shift is not None:
+        steps.append((np.subtract, shift))
+    if not steps:
+        return pixels.astype(np.float32)
+    (first, operand), rest = steps[0], steps[1:]
+    values = first(pixels, operand, dtype=np.float32)
+    for op, operand in rest:
+        op(values, operand, out=values)
+    return values
 
 
 def needs_inversion(ds: Dataset) -> bool:
@@ -917,7 +1087,7 @@ def _voi_lut_pipeline(pixels: np.ndarray, ds: Dataset, item: Dataset, invert: bo
         unsigned = np.dtype(f"u{pixels.dtype.itemsize}")
         domain = np.arange(2 ** (8 * unsigned.itemsize), dtype=unsigned).view(pixels.dtype)
         per_stored = np.take(table, _lut_index(modality_values(domain, ds)[0], first, table.size))
-        return np.take(per_stored, pixels.view(unsigned)), False
+        return np.take(per_stored, pixels.view(unsigned), mode="clip"), False  # in range: faster than 'raise'
     values, _ = modality_values(pixels, ds)
     return np.take(table, _lut_index(values, first, table.size)), False
 
