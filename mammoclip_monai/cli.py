@@ -101,7 +101,8 @@ def cmd_synth(args: argparse.Namespace, session: Session) -> int:
 
 # ----------------------------------------------------------------------------- inspect
 def cmd_inspect(args: argparse.Namespace, session: Session) -> int:
-    """One JSON line per readable file: the metadata the reader keeps (never patient identifiers)."""
+    """One JSON line per readable file: the metadata the reader keeps (never patient identifiers),
+    ``decoder`` included (which backend decoded the pixels; MAMMOCLIP_DICOM_DECODER forces one)."""
     from .data.reader import MammogramReadError, read_mammogram
 
     items = _datalist(args.inputs)
@@ -119,32 +120,24 @@ def cmd_inspect(args: argparse.Namespace, session: Session) -> int:
 
 # ----------------------------------------------------------------------------- preprocess
 def cmd_preprocess(args: argparse.Namespace, session: Session) -> int:
-    """The deterministic chain (read, crop, canonicalise, resize) -> 8-bit PNGs named by content hash."""
-    import numpy as np
-    from PIL import Image
+    """Fill the persistent cache: the deterministic chain once per image, 16-bit, keyed by content and parameters.
 
-    from .data.pipelines import preprocessing
-    from .inference.data import ImageDataset
-    from .utils.files import atomic_path, atomic_write_text
+    stdout: one JSON line per cached file (``file``, ``entry``, ``new``); the bundle's ``cache_dir``
+    reads the same entries when its image size and chain settings are the same.
+    """
+    from .data.cache import CachedPreprocessd, fill_cache
 
     items = _datalist(args.inputs)
-    out_dir = Path(args.out)
-    chain = preprocessing(spatial_size=(args.height, args.width), normalize=False,
-                          allow_any_modality=args.any_modality)
-    rows, errors = [], []
-    for result in session.progress(ImageDataset(items, chain), len(items)):
-        if "error" in result:
-            errors.append({"file": result["file"], "error": result["error"]})
-            continue
-        image = result["image"]
-        name = image.meta["image_hash"] + ".png"
-        pixels = (np.clip(image.as_tensor()[0].numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
-        with atomic_path(out_dir / name) as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG")
-        rows.append({"file": image.meta["filename_or_obj"], "png": name, "laterality": image.meta["laterality"],
-                     "view": image.meta["view"]})
-    atomic_write_text(json.dumps({"images": rows, "errors": errors}, indent=1) + "\n", out_dir / "index.json")
-    return session.finish(f"wrote {len(rows)} PNG(s) to {out_dir}", errors)
+    chain = CachedPreprocessd(keys="image", spatial_size=(args.height, args.width), cache_dir=args.out,
+                              voi=args.voi, allow_any_modality=args.any_modality)
+    results = fill_cache(chain, items, workers=args.workers, progress=not args.quiet, desc="preprocess")
+    errors = [r for r in results if "error" in r]
+    done = [r for r in results if "error" not in r]
+    for result in done:
+        print(json.dumps({"file": result["file"], "entry": result["entry"], "new": result["new"]}), flush=True)
+    new = sum(1 for r in done if r["new"])
+    return session.finish(f"cached {len(done)} image(s) in {chain.cache.directory} ({new} new, "
+                          f"{len(done) - new} already there)", errors)
 
 
 # ----------------------------------------------------------------------------- data efficiency
@@ -302,11 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--any-modality", action="store_true", help="accept modalities other than MG")
     p.set_defaults(func=cmd_inspect)
 
-    p = add("preprocess", "crop, canonicalise and resize mammograms to 8-bit PNGs named by content hash")
+    p = add("preprocess", "read, crop, canonicalise and resize mammograms once into a persistent 16-bit cache "
+                          "(the bundle's --cache_dir)")
     p.add_argument("inputs", nargs="+", help=inputs_help)
-    p.add_argument("--out", required=True)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--out", required=True, metavar="CACHE_DIR",
+                   help="the cache folder (entries go to CACHE_DIR/<key of the settings>/)")
+    p.add_argument("--height", type=int, default=448, help="output height (default: the bundle's image_size)")
+    p.add_argument("--width", type=int, default=288, help="output width")
+    p.add_argument("--voi", default="auto", choices=["auto", "lut", "window", "minmax", "range"])
+    p.add_argument("--workers", type=int, default=None, help="processes (default: the cores present)")
     p.add_argument("--any-modality", action="store_true")
     p.set_defaults(func=cmd_preprocess)
 

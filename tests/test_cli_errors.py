@@ -109,14 +109,15 @@ def test_inspect_lists_the_missing_and_the_corrupt_and_reads_the_rest(images, tm
 
 
 def test_preprocess_reports_the_reason_not_the_monai_wrapper_and_writes_the_rest(images, tmp_path, capsys):
-    code, _, err = run(["preprocess", str(images), "--out", str(tmp_path / "pre"), "--height", "64", "--width", "48"],
-                       capsys)
+    code, out, err = run(["preprocess", str(images), "--out", str(tmp_path / "pre"), "--height", "64",
+                          "--width", "48", "--workers", "0"], capsys)
     assert code == 1, err
     line = [x for x in error_lines(err) if "broken.dcm" in x]
     assert len(line) == 1 and "applying transform" not in line[0] and "RuntimeError" not in line[0]
-    index = json.loads((tmp_path / "pre" / "index.json").read_text())
-    assert len(index["images"]) == 2 and [Path(e["file"]).name for e in index["errors"]] == ["broken.dcm"]
-    assert len(list((tmp_path / "pre").glob("*.png"))) == 2
+    cached = [json.loads(x) for x in out.splitlines()]
+    assert len(cached) == 2 and all(Path(c["entry"]).is_file() and c["new"] for c in cached)
+    assert "broken.dcm" not in out
+    assert len(list((tmp_path / "pre").glob("*/entries/*/*.npz"))) == 2
 
 
 def test_predict_goes_on_past_a_missing_path_and_names_the_head(images, model_dir, tmp_path, capsys):

@@ -155,7 +155,7 @@ def checkout(synthetic_dataset, tmp_path_factory) -> dict[str, Path]:
 
 
 PLACEHOLDERS = {"path/to/folder_or.csv": "images", "path/to/folder": "images", "path/to/images": "images",
-                "/tmp/mammo-synth": "synth", "/tmp/mammo-png": "png"}  # example folders: kept in the copy
+                "/tmp/mammo-synth": "synth", "/tmp/mammo-cache": "cache"}  # example folders: kept in the copy
 
 
 def verbatim(command: str, root: Path) -> list[str]:

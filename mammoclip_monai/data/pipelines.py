@@ -7,14 +7,8 @@ from typing import Any
 
 from monai.transforms import Compose
 
-from .transforms import (
-    CanonicalLateralityd,
-    CropBreastd,
-    LoadMammogramd,
-    NormalizeMammogramd,
-    RandMammoAugmentd,
-    ResizeKeepAspectd,
-)
+from .preprocess import PreprocessMammogramd
+from .transforms import NormalizeMammogramd, RandMammoAugmentd
 
 
 def preprocessing(spatial_size: Sequence[int] = (512, 320), keys: str = "image", box_keys: Sequence[str] = (),
@@ -24,20 +18,17 @@ def preprocessing(spatial_size: Sequence[int] = (512, 320), keys: str = "image",
     """File path -> network-ready ``(1, H, W)`` tensor.
 
     Read (modality/VOI LUT, MONOCHROME1) -> crop to the breast -> chest wall to the left ->
-    aspect-preserving resize and pad -> [augmentation when ``train``] -> normalisation.
-    Deterministic steps come first, so MONAI's caching datasets can cache everything before the
-    augmentation.
+    aspect-preserving resize and pad (one pass: :class:`PreprocessMammogramd`, the same output as
+    ``LoadMammogramd -> CropBreastd -> CanonicalLateralityd -> ResizeKeepAspectd``) ->
+    [augmentation when ``train``] -> normalisation. Deterministic steps come first, so a caching
+    dataset (or :class:`~mammoclip_monai.data.cache.CachedPreprocessd`) can cache them.
 
     ``normalization`` is the model's ``config.image_normalization`` (pass it: a model trained with
     another normalisation would otherwise see wrong intensities); ``None`` means the original
     Mammo-CLIP constants, the default of every preset.
     """
-    steps = [
-        LoadMammogramd(keys=keys, voi=voi, allow_any_modality=allow_any_modality),
-        CropBreastd(keys=keys, box_keys=box_keys),
-        CanonicalLateralityd(keys=keys, box_keys=box_keys, method=canonical_method),
-        ResizeKeepAspectd(keys=keys, spatial_size=spatial_size, box_keys=box_keys),
-    ]
+    steps = [PreprocessMammogramd(keys=keys, spatial_size=spatial_size, box_keys=box_keys, voi=voi,
+                                  allow_any_modality=allow_any_modality, method=canonical_method)]
     if train:
         steps.append(RandMammoAugmentd(keys=keys))
     if normalize:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from monai.data import list_data_collate
 
-from ..data.reader import MammogramReadError
+from ..data.reader import MammogramReadError, read_error
 from ..utils.errors import NoInputsError
 
 __all__ = ["IMAGE_SUFFIXES", "find_image_files", "inference_datalist", "ImageDataset", "collate_readable",
@@ -115,15 +115,6 @@ class ImageDataset(torch.utils.data.Dataset):
             if reason is None:
                 raise
             return {"error": reason.reason, "file": str(item.get("image"))}
-
-
-def read_error(err: BaseException) -> MammogramReadError | None:
-    """The reader's error behind ``err`` (MONAI wraps a transform's exception in a ``RuntimeError``), or ``None``."""
-    seen: set[int] = set()
-    while err is not None and not isinstance(err, MammogramReadError) and id(err) not in seen:
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return err if isinstance(err, MammogramReadError) else None
 
 
 def collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,41 @@
+"""What this process may use: CPU cores, free memory, and the DataLoader settings that follow from them.
+
+Configs call these instead of fixing numbers, so one config fits a laptop, a 2-core CI machine and a
+64-core GPU node. Nothing here imports another ``mammoclip_monai`` package.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["available_cores", "loader_workers", "memory_available"]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a SLURM or container limit counts)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(max_workers: int = 8) -> int:
+    """DataLoader worker processes for one training process: its share of the cores, less one for itself.
+
+    Under torchrun the cores are split among the node's ranks (``LOCAL_WORLD_SIZE``). On 2 cores this
+    is 1 worker: reading runs beside the model instead of before it.
+    """
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(max_workers, available_cores() // ranks - 1))
+
+
+def memory_available() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or ``None`` when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
