@@ -7,9 +7,10 @@ mammograms, each made unique by its 128-byte DICOM preamble, which readers ignor
 has its own content hash and its own cache entry) with an image-text CSV, then runs the training
 bundle exactly as a user would (``python -m monai.bundle run training``) at 1520 x 912 with a fresh
 ``--cache_dir``: the cache is filled for all N images (all cores), then a few training iterations,
-a validation and the final test run. A sampler reads the resident memory of the whole process
-tree (the run, its fill workers and DataLoader workers) from /proc every 0.2 s; the peak of the
-sum and of the main process are reported. It also times building a datalist of ``--rows`` rows
+a validation and the final test run. A sampler reads /proc every 0.2 s: the resident memory
+(RSS) of the main process, and the proportional memory (PSS: pages shared after fork counted once)
+summed over the whole process tree (the run, its fill workers and DataLoader workers); the peaks
+are reported. It also times building a datalist of ``--rows`` rows
 (``image_text_datalist`` over a generated CSV, every file checked).
 
 Disk: about 0.4 MB per source and 2.8 MB per cache entry (5,000 items: ~16 GB; removed at the end
@@ -57,11 +58,26 @@ def make_sources(base: Path, target: Path, count: int) -> Path:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(out_rows)
+    splits = {row["patient_id"]: row["split"] for row in out_rows}
+    with open(target / "splits.csv", "w", encoding="utf-8", newline="") as handle:
+        handle.write("patient_id,split\n" + "".join(f"{p},{s}\n" for p, s in splits.items()))
     return target
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: pages shared by forked workers counted once across them, not once each."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def tree_rss(root_pid: int) -> tuple[int, int]:
-    """(resident bytes of ``root_pid``, of it and all its descendants) from /proc."""
+    """(resident bytes of ``root_pid``, proportional bytes of it and all its descendants) from /proc."""
     parents, rss = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -80,7 +96,7 @@ def tree_rss(root_pid: int) -> tuple[int, int]:
             if parent == pid and child not in members:
                 members.add(child)
                 frontier.append(child)
-    return rss.get(root_pid, 0), sum(rss.get(p, 0) for p in members)
+    return rss.get(root_pid, 0), sum(_pss(p) for p in members)
 
 
 def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dict:
@@ -112,7 +128,7 @@ def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dic
     sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"training failed ({process.returncode}):\n{stderr[-3000:]}")
-    entries = len(list(cache.glob("*/entries/*/*.npz")))
+    entries = len(list(cache.glob("*/entries/*/*.mce")))
     return {"peak_main_mb": peak_main / 2**20, "peak_tree_mb": peak_tree / 2**20, "entries": entries,
             "seconds": time.perf_counter() - start}
 
@@ -160,7 +176,7 @@ def main() -> None:
             for count in args.items:
                 for name in (f"n{count}", f"cache{count}", f"run{count}"):
                     shutil.rmtree(out / name, ignore_errors=True)
-    lines = [("| images in the training run | peak RSS, main process | peak RSS, process tree | cache entries | "
+    lines = [("| images in the training run | peak RSS, main process | peak PSS, process tree | cache entries | "
              "wall (fill + run) |"), "|---|---|---|---|---|"]
     for count, r in results.items():
         lines.append(f"| {count:,} | {r['peak_main_mb']:.0f} MB | {r['peak_tree_mb']:.0f} MB | {r['entries']:,} | "

@@ -23,6 +23,7 @@ from mammoclip_monai.data.cache import (
     CachedPreprocessd,
     fill_cache,
     mammogram_dataset,
+    read_entry,
 )
 from mammoclip_monai.data.reader import MammogramReadError
 from mammoclip_monai.utils import resources
@@ -40,10 +41,8 @@ def dicoms(root: Path, n: int | None = None) -> list[str]:
 def entries(cache_root: Path) -> dict[str, tuple[np.ndarray, dict]]:
     """Every entry of every chain key under ``cache_root``: name -> (pixels, record)."""
     out = {}
-    for path in sorted(cache_root.glob("*/entries/*/*.npz")):
-        with np.load(path, allow_pickle=False) as stored:
-            out[f"{path.parents[2].name}/{path.name}"] = (stored["image"].copy(),
-                                                          json.loads(bytes(stored["record"]).decode()))
+    for path in sorted(cache_root.glob("*/entries/*/*.mce")):
+        out[f"{path.parents[2].name}/{path.name}"] = read_entry(path)
     return out
 
 
@@ -120,12 +119,11 @@ def test_an_unreadable_entry_is_written_again(synthetic_dataset, tmp_path):
     file = dicoms(synthetic_dataset, 1)[0]
     chain = CachedPreprocessd(spatial_size=SIZE, cache_dir=tmp_path)
     expected = chain({"image": file})["image"]
-    entry = next(tmp_path.glob("*/entries/*/*.npz"))
+    entry = next(tmp_path.glob("*/entries/*/*.mce"))
     entry.write_bytes(entry.read_bytes()[:100])  # a torn write from outside (e.g. a disk error)
     again = chain({"image": file})["image"]
     assert float((again - expected).abs().max()) <= QUANTUM
-    with np.load(entry, allow_pickle=False) as stored:
-        assert stored["image"].shape == (1, *SIZE)
+    assert read_entry(entry)[0].shape == (1, *SIZE)
 
 
 def test_bad_files_are_listed_and_the_rest_is_cached(synthetic_dataset, tmp_path):
@@ -149,8 +147,8 @@ def test_header_canonicalisation_keys_entries_by_the_datalist_laterality(synthet
     chain = CachedPreprocessd(spatial_size=SIZE, cache_dir=tmp_path, canonical_method="header")
     left = chain({"image": file, "laterality": "L"})["image"]
     right = chain({"image": file, "laterality": "R"})["image"]
-    names = sorted(p.name.split("-")[1] for p in tmp_path.glob("*/entries/*/*.npz"))
-    assert names == ["latL.npz", "latR.npz"]
+    names = sorted(p.name.split("-")[1] for p in tmp_path.glob("*/entries/*/*.mce"))
+    assert names == ["latL.mce", "latR.mce"]
     assert chain({"image": file, "laterality": "R"})["image"].applied_operations[1]["extra_info"] == \
            right.applied_operations[1]["extra_info"]
     assert left.shape == right.shape
@@ -161,7 +159,7 @@ def test_the_dataset_streams_from_disk_or_holds_in_ram_only_what_fits(synthetic_
     items = [{"image": f} for f in dicoms(synthetic_dataset, 4)]
     on_disk = mammogram_dataset(items, CachedPreprocessd(spatial_size=SIZE, cache_dir=tmp_path), workers=0,
                                 progress=False)
-    assert type(on_disk) is Dataset and len(list(tmp_path.glob("*/entries/*/*.npz"))) == 4
+    assert type(on_disk) is Dataset and len(list(tmp_path.glob("*/entries/*/*.mce"))) == 4
     assert isinstance(mammogram_dataset(items, CachedPreprocessd(spatial_size=SIZE), workers=1, progress=False),
                       CacheDataset)
     monkeypatch.setattr(resources, "memory_available", lambda: 1000)  # nothing fits
@@ -172,7 +170,7 @@ def test_the_dataset_streams_from_disk_or_holds_in_ram_only_what_fits(synthetic_
     shared = tmp_path / "ddp"
     mammogram_dataset(items, CachedPreprocessd(spatial_size=SIZE, cache_dir=shared), workers=0, progress=False,
                       rank=1, world_size=2)
-    assert len(list(shared.glob("*/entries/*/*.npz"))) == 2
+    assert len(list(shared.glob("*/entries/*/*.mce"))) == 2
 
 
 def test_the_cli_and_the_bundle_use_the_same_entries():
@@ -218,15 +216,14 @@ def test_kill_9_during_preprocess_then_a_rerun_gives_the_uninterrupted_cache(syn
     process = subprocess.Popen([*command, str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 300
-    while len(list(killed.glob("*/entries/*/*.npz"))) < 5 and time.monotonic() < deadline:
+    while len(list(killed.glob("*/entries/*/*.mce"))) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the command and its workers, mid-write
     process.wait(timeout=60)
-    partial = len(list(killed.glob("*/entries/*/*.npz")))
+    partial = len(list(killed.glob("*/entries/*/*.mce")))
     assert 5 <= partial < len(entries(whole)), "the kill came too late to test anything"
-    for path in killed.glob("*/entries/*/*.npz"):  # every entry a rerun would keep is whole
-        with np.load(path, allow_pickle=False) as stored:
-            assert stored["image"].shape == (1, *SIZE)
+    for path in killed.glob("*/entries/*/*.mce"):  # every entry a rerun would keep is whole
+        assert read_entry(path)[0].shape == (1, *SIZE)
     rerun = subprocess.run([*command, str(killed)], check=False, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     lines = [json.loads(x) for x in rerun.stdout.splitlines()]

@@ -117,7 +117,7 @@ def test_preprocess_reports_the_reason_not_the_monai_wrapper_and_writes_the_rest
     cached = [json.loads(x) for x in out.splitlines()]
     assert len(cached) == 2 and all(Path(c["entry"]).is_file() and c["new"] for c in cached)
     assert "broken.dcm" not in out
-    assert len(list((tmp_path / "pre").glob("*/entries/*/*.npz"))) == 2
+    assert len(list((tmp_path / "pre").glob("*/entries/*/*.mce"))) == 2
 
 
 def test_predict_goes_on_past_a_missing_path_and_names_the_head(images, model_dir, tmp_path, capsys):

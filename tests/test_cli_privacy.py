@@ -82,7 +82,7 @@ def test_no_identifier_reaches_metadata_logs_or_outputs(synthetic_dataset, tmp_p
     assert pre.returncode == 0, pre.stderr
     assert_no_identifier(pre.stdout + pre.stderr, identifiers, "mammoclip preprocess output")
     written = [p for p in out.rglob("*") if p.is_file()]
-    assert len(list(out.glob("*/entries/*/*.npz"))) == len(files)  # + params.json and the path index
+    assert len(list(out.glob("*/entries/*/*.mce"))) == len(files)  # + params.json and the path index
     for path in written:
         assert_no_identifier(path.read_bytes().decode("latin-1"), identifiers, str(path))
 

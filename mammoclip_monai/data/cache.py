@@ -7,7 +7,7 @@ more, and holding the results in RAM as float32 (MONAI's ``CacheDataset``) takes
 Layout (files + one parameters file per chain; docs/data_formats.md says why this format)::
 
     <cache_dir>/<chain key>/params.json              what produced these entries (human-readable)
-    <cache_dir>/<chain key>/entries/ab/abcdef....npz  one image: uint16 pixels + its record (JSON)
+    <cache_dir>/<chain key>/entries/ab/abcdef....mce  one image: its record (JSON) + uint16 pixels
     <cache_dir>/<chain key>/sources/12/123456....json source path -> size, mtime, content hash
 
 * The chain key is a hash of every parameter that changes the pixels (output size, VOI choice,
@@ -32,12 +32,11 @@ Layout (files + one parameters file per chain; docs/data_formats.md says why thi
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
-import zipfile
+import struct
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +57,14 @@ from . import geometry
 from .preprocess import PreprocessMammogramd
 from .reader import DEFAULT_MAX_PIXELS, read_error
 
-__all__ = ["CACHE_FORMAT", "CachedPreprocessd", "PreprocessCache", "chain_parameters"]
+__all__ = ["CACHE_FORMAT", "CachedPreprocessd", "PreprocessCache", "chain_parameters", "read_entry"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # layout and entry format; a change makes a new chain key (the chain's numerics:
+CACHE_FORMAT = 2  # layout and entry format; a change makes a new chain key (the chain's numerics:
 # preprocess.CHAIN_VERSION, in its cache_params())
+ENTRY_MAGIC = b"MAMMOCACHE\x00\x02"  # 12 bytes, then the record's length (uint64 LE), the record, the pixels
+ENTRY_SUFFIX = ".mce"
 PIXEL_SCALE = 65535.0
 _META_TUPLES = ("pixel_spacing", "spatial_shape")
 
@@ -96,7 +97,7 @@ class PreprocessCache:
     def entry_path(self, content_hash: str, variant: str = "") -> Path:
         """Where the entry of a source with this content hash lives (``variant``: see ``CachedPreprocessd``)."""
         name = content_hash + (f"-{variant}" if variant else "")
-        return self.directory / "entries" / content_hash[:2] / f"{name}.npz"
+        return self.directory / "entries" / content_hash[:2] / f"{name}{ENTRY_SUFFIX}"
 
     def _source_path(self, source: str) -> Path:
         key = _digest(source)
@@ -140,18 +141,12 @@ class PreprocessCache:
         """``(uint16 pixels (1, H, W), record)`` of a stored entry, or ``None`` when there is none (or it is unreadable)."""
         path = self.entry_path(content_hash, variant)
         try:
-            with np.load(path, allow_pickle=False) as stored:
-                pixels = stored["image"]
-                record = json.loads(bytes(stored["record"]).decode("utf-8"))
+            return read_entry(path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            logger.warning("cache entry %s is unreadable (%s); it is written again", path, type(err).__name__)
+        except (OSError, ValueError) as err:
+            logger.warning("cache entry %s is unreadable (%s); it is written again", path, err)
             return None
-        if pixels.dtype != np.uint16 or pixels.ndim != 3 or not isinstance(record, dict):
-            logger.warning("cache entry %s holds no image of this format; it is written again", path)
-            return None
-        return pixels, record
 
     def store(self, content_hash: str, image: MetaTensor, variant: str = "") -> Path:
         """Write the chain's output ``image`` (a ``(1, H, W)`` MetaTensor in [0, 1]) as an entry, atomically."""
@@ -162,11 +157,8 @@ class PreprocessCache:
             "affine": image.affine.tolist(),
             "operations": [_trace_entry(op) for op in image.applied_operations],
         }
-        buffer = io.BytesIO()
-        np.savez(buffer, image=pixels.astype(np.uint16),
-                 record=np.frombuffer(json.dumps(record, sort_keys=True).encode("utf-8"), dtype=np.uint8))
         self._write_params()
-        return atomic_write_bytes(buffer.getvalue(), self.entry_path(content_hash, variant))
+        return atomic_write_bytes(entry_bytes(pixels.astype("<u2"), record), self.entry_path(content_hash, variant))
 
     def _write_params(self) -> None:
         """``params.json`` beside the entries, so a person can tell what a folder holds (once per process)."""
@@ -180,7 +172,33 @@ class PreprocessCache:
     def count(self) -> int:
         """The number of entries on disk (walks the folder: for reports and tests, not per item)."""
         entries = self.directory / "entries"
-        return sum(1 for p in entries.glob("*/*.npz")) if entries.is_dir() else 0
+        return sum(1 for p in entries.glob(f"*/*{ENTRY_SUFFIX}")) if entries.is_dir() else 0
+
+
+def entry_bytes(pixels: np.ndarray, record: Mapping[str, Any]) -> bytes:
+    """One entry file: magic, record length (uint64 little-endian), the record as UTF-8 JSON (with the
+    pixels' ``shape``), then the pixels as little-endian uint16, C order. One read, no decompression,
+    no checksum pass: a torn file is caught by its length."""
+    header = json.dumps(dict(record, shape=list(pixels.shape)), sort_keys=True).encode("utf-8")
+    return b"".join([ENTRY_MAGIC, struct.pack("<Q", len(header)), header, np.ascontiguousarray(pixels, "<u2").tobytes()])
+
+
+def read_entry(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """``(uint16 pixels, record)`` of an entry file; ``ValueError`` when it is not a whole entry."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    start = len(ENTRY_MAGIC) + 8
+    if len(data) < start or not data.startswith(ENTRY_MAGIC):
+        raise ValueError("not a cache entry of this format")
+    (length,) = struct.unpack_from("<Q", data, len(ENTRY_MAGIC))
+    try:
+        record = json.loads(data[start: start + length].decode("utf-8"))
+        shape = tuple(int(n) for n in record.pop("shape"))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError("a damaged record") from err
+    if len(shape) != 3 or min(shape) < 1 or len(data) - start - length != 2 * int(np.prod(shape)):
+        raise ValueError("a truncated or damaged entry")
+    return np.frombuffer(data, dtype="<u2", offset=start + length).reshape(shape), record
 
 
 def _jsonable(value: Any) -> Any:
@@ -217,7 +235,7 @@ def _to_image(pixels: np.ndarray, record: Mapping[str, Any], source: str) -> Met
         if isinstance(meta.get(key), list):
             meta[key] = tuple(meta[key])
     meta["filename_or_obj"] = source
-    data = torch.from_numpy(pixels.astype(np.float32) * np.float32(1.0 / PIXEL_SCALE))
+    data = torch.from_numpy(np.multiply(pixels, np.float32(1.0 / PIXEL_SCALE), dtype=np.float32))
     image = MetaTensor(data, affine=torch.tensor(record["affine"], dtype=torch.float64), meta=meta)
     image.applied_operations = [_restored_trace(op) for op in record["operations"]]
     return image
