@@ -23,9 +23,10 @@ def loader_workers(max_workers: int = 8, min_cores: int = 4) -> int:
     """DataLoader worker processes for one training process: its share of the cores, less one for itself.
 
     Under torchrun the cores are split among the node's ranks (``LOCAL_WORLD_SIZE``). With fewer
-    than ``min_cores`` cores per rank there are none: a worker runs with one torch thread, so on 2
-    cores one worker made the default training 1.8x slower per iteration (5.5 s against 3 s, the
-    augmentation on one thread while the model waited) than reading in the main process with both.
+    than ``min_cores`` cores per rank there are none: a worker runs with one torch thread beside the
+    model's threads, and on 2 cores one worker did not help (a fresh-clone default run's first
+    epoch: 5.5 s per iteration with it, 5.3 s without), so small machines read in the main process
+    as every release before did.
     """
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     cores = available_cores() // ranks
