@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_cores", "loader_workers", "memory_available"]
+__all__ = ["available_cores", "cache_fill_share", "loader_workers", "memory_available", "preprocess_workers"]
 
 
 def available_cores() -> int:
@@ -28,9 +28,28 @@ def loader_workers(max_workers: int = 8, min_cores: int = 4) -> int:
     epoch: 5.5 s per iteration with it, 5.3 s without), so small machines read in the main process
     as every release before did.
     """
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    cores = available_cores() // ranks
+    cores = available_cores() // _local_ranks()
     return 0 if cores < min_cores else min(max_workers, cores - 1)
+
+
+def _local_ranks() -> int:
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def preprocess_workers() -> int:
+    """Processes one rank may use to fill the preprocessed cache: its share of this machine's cores."""
+    return max(1, available_cores() // _local_ranks())
+
+
+def cache_fill_share(shared: bool) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process's share of the images to cache, from torchrun's environment.
+
+    One cache shared by every machine: the global ranks split the images. One cache per machine:
+    the ranks of this machine (``LOCAL_RANK`` of ``LOCAL_WORLD_SIZE``) must fill all of it between them.
+    """
+    if shared:
+        return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    return int(os.environ.get("LOCAL_RANK", "0")), _local_ranks()
 
 
 def memory_available() -> int | None:
