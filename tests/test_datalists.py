@@ -105,6 +105,40 @@ def test_vindr_split_overrides_from_csv(tmp_path):
     assert {it["image_id"]: it["split"] for it in items} == {"i1": "val", "i2": "val", "i3": "test"}
 
 
+def test_splits_by_study_reach_study_keyed_sources(tmp_path):
+    """A splits CSV keyed by patient ids reaches VinDr rows (keyed by study) through its study_id column."""
+    vindr_fixture(tmp_path)
+    write_csv(tmp_path / "splits.csv", [{"patient_id": "P1", "study_id": "S1", "split": "val"},
+                                        {"patient_id": "P2", "study_id": "S2", "split": "train"}])
+    items = dl.vindr_datalist(tmp_path, splits=tmp_path / "splits.csv")
+    assert {it["image_id"]: it["split"] for it in items} == {"i1": "val", "i2": "val", "i3": "train"}
+    assert {it["image_id"]: it["patient_id"] for it in items} == {"i1": "P1", "i2": "P1", "i3": "P2"}
+    assert dl.read_splits(tmp_path / "splits.csv") == {"P1": "val", "P2": "train"}
+    write_csv(tmp_path / "splits.csv", [{"patient_id": "P1", "study_id": "S1", "split": "val"},
+                                        {"patient_id": "P2", "study_id": "S1", "split": "train"}])
+    with pytest.raises(dl.DatalistError, match="study 'S1' already belongs to patient 'P1'"):
+        dl.vindr_datalist(tmp_path, splits=tmp_path / "splits.csv")
+
+
+def test_synthetic_validation_patients_never_train(synthetic_dataset):
+    """Every source of the default bundle gives a patient's images one key and one split; mixing never repeats one."""
+    splits = dl.read_splits(synthetic_dataset / "splits.csv")
+    text = dl.image_text_datalist(synthetic_dataset / "image_text.csv", splits=synthetic_dataset / "splits.csv")
+    vindr = dl.vindr_datalist(synthetic_dataset, splits=synthetic_dataset / "splits.csv")
+    patient_of_study = {it["study_id"]: it["patient_id"] for it in text}
+    assert {splits[patient_of_study[it["study_id"]]] for it in vindr} >= {"train", "val", "test"}
+    for it in vindr:
+        assert it["split"] == splits[patient_of_study[it["study_id"]]], it["image_id"]
+        assert it["patient_id"] == patient_of_study[it["study_id"]], it["image_id"]
+    training = dl.mix_by_patient([text, vindr], [0.5, 0.5], split="train", seed=0)
+    assert {it["study_id"] for it in training}.isdisjoint(
+        {it["study_id"] for it in text if it["split"] != "train"})
+    from_text = {it["patient_id"] for it in training if it["source"] != "vindr"}
+    from_vindr = {it["patient_id"] for it in training if it["source"] == "vindr"}
+    assert from_text and from_vindr and from_text.isdisjoint(from_vindr)
+    assert from_text | from_vindr == {p for p, split in splits.items() if split == "train"}
+
+
 def test_vindr_bad_categories_named(tmp_path):
     vindr_fixture(tmp_path)
     rows = dl.read_csv(tmp_path / "finding_annotations.csv")

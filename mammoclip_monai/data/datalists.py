@@ -3,7 +3,7 @@
 Every item has the same keys whatever the source, so datasets can be mixed in one loader::
 
     image        absolute path of the DICOM/PNG file
-    patient_id   patient key (VinDr: study_id), used for every split and sub-sample
+    patient_id   patient key (VinDr: study_id, unless a splits CSV names the study's patient), used for every split and sub-sample
     study_id, image_id, laterality ("L"/"R"/""), view ("CC"/"MLO"/...), split ("train"/"val"/"test"/"")
     mass, calcification, cancer        1 / 0, or -1 when the source does not say
     density      0-3 for BI-RADS density A-D, -1 when unknown
@@ -287,6 +287,18 @@ def read_splits(source: Mapping[str, str] | str | os.PathLike) -> dict[str, str]
 
     A patient listed twice with different splits is an error naming both lines.
     """
+    return _split_keys(source)[0]
+
+
+def _split_keys(source: Mapping[str, str] | str | os.PathLike
+                ) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """``({patient_id: split}, {study_id: (patient_id, split)})``: a splits CSV may name each patient's studies.
+
+    The optional ``study_id`` column (one row per study) ties sources keyed by different ids
+    together: the image-text CSV is keyed by patient, VinDr-Mammo by study. Without it a
+    study-keyed source keeps its own split (a validation patient's studies become training items)
+    and mixing the sources by patient can take the same person from both.
+    """
     if isinstance(source, Mapping):
         splits = {}
         for patient, value in source.items():
@@ -294,31 +306,41 @@ def read_splits(source: Mapping[str, str] | str | os.PathLike) -> dict[str, str]
                 splits[str(patient)] = split_name(str(value))
             except ValueError as err:
                 raise DatalistError("splits", str(err), where=f"patient {patient!r}") from None
-        return splits
-    splits, lines = {}, {}
+        return splits, {}
+    patients: dict[str, str] = {}
+    studies: dict[str, tuple[str, str]] = {}
+    lines: dict[tuple[str, str], int] = {}
     for row in read_csv(source, required=("patient_id", "split")):
         patient = required_value(source, row, "patient_id", "a patient key")
         name = _parsed(source, row, "split", split_name)
         if not name:
             raise cell_error(source, row, "split", "empty; a splits file gives every patient listed a split "
                                                    "(train, val or test)")
-        if patient in splits and splits[patient] != name:
-            raise cell_error(source, row, "split", f"patient {patient!r} is already in split {splits[patient]!r} "
-                                                   f"(line {lines[patient]}); a patient belongs to one split")
-        splits[patient], lines[patient] = name, row.line
-    return splits
+        if patient in patients and patients[patient] != name:
+            raise cell_error(source, row, "split", f"patient {patient!r} is already in split {patients[patient]!r} "
+                                                   f"(line {lines['patient', patient]}); a patient belongs to one split")
+        patients[patient], lines["patient", patient] = name, row.line
+        study = row.get("study_id", "")
+        if study:
+            if study in studies and studies[study][0] != patient:
+                raise cell_error(source, row, "study_id", f"study {study!r} already belongs to patient "
+                                                          f"{studies[study][0]!r} (line {lines['study', study]})")
+            studies[study], lines["study", study] = (patient, name), row.line
+    return patients, studies
 
 
 def _apply_split_overrides(items: list[dict], overrides: Mapping[str, str] | str | os.PathLike | None) -> None:
+    """Give each item the split of its patient; a study named in the overrides also gives its patient key."""
     if overrides is None:
         return
-    splits = read_splits(overrides)
+    by_patient, by_study = _split_keys(overrides)
     for item in items:
-        if item["patient_id"] in splits:
-            item["split"] = splits[item["patient_id"]]
+        if item["patient_id"] in by_patient:
+            item["split"] = by_patient[item["patient_id"]]
+        elif item.get("study_id") in by_study:
+            item["patient_id"], item["split"] = by_study[item["study_id"]]
 
 
-# ----------------------------------------------------------------------------- schemas
 IMAGE_TEXT_REQUIRED = ("patient_id", "image_path", "report")
 
 

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 FORMAT = "mammoclip-monai-synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LATERALITIES = ("L", "R")
 VIEWS = ("CC", "MLO")
 DENSITY_PROBS = {"A": 0.10, "B": 0.35, "C": 0.40, "D": 0.15}
@@ -63,7 +63,7 @@ COLUMNS: dict[str, list[str]] = {
         "patient_id", "study_id", "image_id", "image_path", "laterality", "view", "report", "split",
         "mass", "calcification", "cancer", "density", "birads",
     ],
-    "splits.csv": ["patient_id", "split"],
+    "splits.csv": ["patient_id", "study_id", "split"],
     "breast-level_annotations.csv": _VINDR_BREAST,
     "finding_annotations.csv": _VINDR_BREAST + ["finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax"],
     "mass_case_description_train_set.csv": [
@@ -343,7 +343,7 @@ def _generate_patient(task: _Task) -> dict[str, list[dict[str, str]]]:
     root = Path(task.root)
     vindr_split = "test" if task.split == "test" else "training"
     cbis_split = "test" if task.split == "test" else "train"
-    rows["splits.csv"].append({"patient_id": case.patient_id, "split": task.split})
+    rows["splits.csv"].append({"patient_id": case.patient_id, "study_id": case.study_id, "split": task.split})
     for lat, view, img in render_patient(case, tuple(p["image_size"])):
         breast = case.breasts[lat]
         image_id, rel = case.image_id(lat, view), case.image_path(lat, view)
