@@ -10,7 +10,10 @@ times per file, one torch thread (per-core figures), in alternating rounds:
   read+norm      ... then ``NormalizeMammogramd`` (what the loader does when augmentation runs
                  elsewhere, e.g. on the accelerator);
   read+aug+norm  ... with ``RandMammoAugmentd`` before the normalisation (the training loader's
-                 whole per-item work today, augmentation on the CPU).
+                 whole per-item work with the augmentation in the loader, the default);
+  read+batch-aug ... with ``BatchMammoAugment`` instead (``augment_on_device``: one warp, gamma,
+                 contrast and the normalisation), run here on the CPU for a batch of one, so the
+                 figure is its per-image cost on one core; on a GPU it leaves the loader entirely.
 
 Reports the median ms of each and the ratio chain / variant per file (the range over rounds).
 Prints Markdown and writes it with the JSON numbers to --out.
@@ -33,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_chain import OUT_HW, ensure_images
 
+from mammoclip_monai.data.batch_augment import BatchMammoAugment
 from mammoclip_monai.data.cache import CachedPreprocessd
 from mammoclip_monai.data.transforms import NormalizeMammogramd, RandMammoAugmentd
 
@@ -42,11 +46,18 @@ def variants(cache_dir: Path) -> dict:
     cached = CachedPreprocessd(spatial_size=OUT_HW, cache_dir=cache_dir)
     norm = NormalizeMammogramd(keys="image")
     aug = RandMammoAugmentd(keys="image").set_random_state(0)
+    batch_aug = BatchMammoAugment(keys=("image",), normalize=norm, seed=0)
+
+    def read_batch_aug(path: str) -> dict:
+        image = cached({"image": path})["image"].as_tensor()
+        return batch_aug({"image": image[None]})
+
     return {
         "chain": lambda p: chain({"image": p}),
         "read": lambda p: cached({"image": p}),
         "read+norm": lambda p: norm(cached({"image": p})),
         "read+aug+norm": lambda p: norm(aug(cached({"image": p}))),
+        "read+batch-aug": read_batch_aug,
     }, cached
 
 
@@ -91,8 +102,8 @@ def main() -> None:
         rows.append(row)
     lines = [(f"Per core (torch 1 thread), {args.rounds} alternating rounds, output {OUT_HW[0]} x {OUT_HW[1]}, "
              f"{platform.processor() or platform.machine()}; median ms, ratio chain / variant (range over rounds)."),
-             "", "| source | chain from DICOM | cached read | read + normalise | read + augment + normalise |",
-             "|---|---|---|---|---|"]
+             "", ("| source | chain from DICOM | cached read | read + normalise | read + augment + normalise "
+                  "| read + `BatchMammoAugment` (CPU, per image) |"), "|---|---|---|---|---|---|"]
     for row in rows:
         cells = [f"{row['chain_ms']:.0f} ms"]
         for name in names[1:]:

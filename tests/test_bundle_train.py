@@ -79,24 +79,30 @@ def collect_losses(workflow: ConfigWorkflow) -> list[float]:
     return losses
 
 
-def test_resumed_run_continues_the_same_loss_curve(synthetic_dataset, tmp_path):
+@pytest.mark.parametrize("augment_on_device", [False, True], ids=["loader_augmentation", "device_augmentation"])
+def test_resumed_run_continues_the_same_loss_curve(synthetic_dataset, tmp_path, augment_on_device):
+    extra = {"augment_on_device": augment_on_device}
     straight = ConfigWorkflow(config_file=str(TRAIN), workflow_type="train", run_id="training",
-                              **tiny_overrides(synthetic_dataset, tmp_path / "a"))
+                              **tiny_overrides(synthetic_dataset, tmp_path / "a", **extra))
     straight.initialize()
     full = collect_losses(straight)
     straight.run()
 
     # the same run, interrupted after its first epoch (its checkpoint is written before the stop)
     first = ConfigWorkflow(config_file=str(TRAIN), workflow_type="train", run_id="training",
-                           **tiny_overrides(synthetic_dataset, tmp_path / "b"))
+                           **tiny_overrides(synthetic_dataset, tmp_path / "b", **extra))
     first.initialize()
     part1 = collect_losses(first)
     first.trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())
     first.run()
     resumed = ConfigWorkflow(config_file=str(TRAIN), workflow_type="train", run_id="training",
-                             **tiny_overrides(synthetic_dataset, tmp_path / "b", resume="auto"))
+                             **tiny_overrides(synthetic_dataset, tmp_path / "b", resume="auto", **extra))
     resumed.initialize()
     part2 = collect_losses(resumed)
+    if augment_on_device:
+        assert resumed.trainer.batch_transform is not None
+        assert not any(type(t).__name__ == "RandMammoAugmentd" for t in resumed.parser.get_parsed_content(
+            "train#preprocessing").transforms)
     resumed.run()
     assert len(full) == len(part1) + len(part2) and len(part2) > 0
     assert part1 == pytest.approx(full[: len(part1)], abs=1e-6)
@@ -211,3 +217,4 @@ def test_paper_preset_override_files(name):
     assert list(parser["image_size"]) == list(get_preset(name).image_size) == [1520, 912]
     assert parser["learning_rate"] == 5e-5 and parser["weight_decay"] == 1e-4 and parser["amp"] is True
     assert parser.get_parsed_content("max_epochs") == 15
+    assert parser["augment_on_device"] is True  # the loader only reads; the GPU augments the batch

@@ -70,8 +70,9 @@ class RandomStates:
     the checkpoint loads with ``torch.load(weights_only=True)``.
     """
 
-    def __init__(self, transforms: Any = None) -> None:
+    def __init__(self, transforms: Any = None, batch_transform: Any = None) -> None:
         self.transforms = [] if transforms is None else _random_transforms(transforms)
+        self.batch_transform = batch_transform  # e.g. BatchMammoAugment: state_dict / load_state_dict
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -80,6 +81,8 @@ class RandomStates:
             "torch": torch.get_rng_state(),
             "transforms": [_numpy_state(t.R.get_state()) for t in self.transforms],
         }
+        if self.batch_transform is not None:
+            state["batch_transform"] = self.batch_transform.state_dict()
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -97,6 +100,13 @@ class RandomStates:
                              f"{len(self.transforms)}: it was written by a different preprocessing")
         for transform, transform_state in zip(self.transforms, saved):
             transform.R.set_state(_numpy_tuple(transform_state))
+        if ("batch_transform" in state) != (self.batch_transform is not None):
+            raise ValueError("the checkpoint was written with the augmentation "
+                             f"{'on the device' if 'batch_transform' in state else 'in the loader'}, this run has "
+                             f"it {'on the device' if self.batch_transform is not None else 'in the loader'}: "
+                             "resume with the same augment_on_device")
+        if self.batch_transform is not None:
+            self.batch_transform.load_state_dict(state["batch_transform"])
 
 
 # ----------------------------------------------------------------------------- checkpoints

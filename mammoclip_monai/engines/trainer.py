@@ -115,6 +115,9 @@ class ContrastiveTrainer(SupervisedTrainer):
             or ``"bfloat16"`` (no scaler; also works on CPU).
         grad_clip_norm: clip the global gradient norm (after unscaling) when set.
         channels_last: feed images in channels-last memory format (faster convolutions).
+        batch_transform: called on the batch once it is on the device, before the forward pass
+            (e.g. :class:`~mammoclip_monai.data.batch_augment.BatchMammoAugment`: augmentation of the
+            whole batch on the GPU instead of per item in the loader); ``None`` for none.
         inferer: accepted for MONAI bundle property completeness (``train#inferer``); the
             contrastive iteration calls the network directly.
     """
@@ -126,7 +129,7 @@ class ContrastiveTrainer(SupervisedTrainer):
                  grad_clip_norm: float | None = None, accumulation_steps: int = 1, channels_last: bool = False,
                  train_handlers: Sequence | None = None, key_train_metric: dict | None = None,
                  additional_metrics: dict | None = None, iteration_update: Callable | None = None,
-                 inferer: Any = None) -> None:
+                 inferer: Any = None, batch_transform: Callable[[dict], dict] | None = None) -> None:
         if label_aware not in LABEL_AWARE_MODES:
             raise ValueError(f"label_aware must be one of {LABEL_AWARE_MODES}, got {label_aware!r}")
         if amp_dtype not in AMP_DTYPES:
@@ -145,6 +148,7 @@ class ContrastiveTrainer(SupervisedTrainer):
         self.grad_scaler = torch.amp.GradScaler(device_type, enabled=self.use_amp and amp_dtype == "float16"
                                                 and device_type == "cuda")
         self.grad_clip_norm = grad_clip_norm
+        self.batch_transform = batch_transform
         self.channels_last = channels_last = as_flag(channels_last, "channels_last")
         if channels_last:
             network.to(memory_format=torch.channels_last)
@@ -181,6 +185,8 @@ class ContrastiveTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = move_to_device(batchdata, engine.state.device, engine.non_blocking)
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch)
         inputs = model_inputs(batch, self.channels_last, skip=self.skipped_inputs)
         if not self._told_skipped:
             unused = [key for key in self.skipped_inputs if key in batch]
