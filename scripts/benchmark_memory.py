@@ -23,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dic
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak_main = peak_tree = 0
+    samples: list[tuple[float, int, int]] = []
     done = threading.Event()
 
     def sample() -> None:
@@ -119,6 +121,7 @@ def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dic
         while not done.is_set():
             main, tree = tree_rss(process.pid)
             peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
+            samples.append((time.time(), main, tree))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -129,8 +132,33 @@ def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dic
     if process.returncode != 0:
         raise SystemExit(f"training failed ({process.returncode}):\n{stderr[-3000:]}")
     entries = len(list(cache.glob("*/entries/*/*.mce")))
+    (work / "stderr.log").write_text(stderr)
+    (work / "samples.json").write_text(json.dumps(samples))
     return {"peak_main_mb": peak_main / 2**20, "peak_tree_mb": peak_tree / 2**20, "entries": entries,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "phases": phase_peaks(samples, stderr)}
+
+
+PHASES = (("fill", "Engine run resuming from iteration"), ("train", "Epoch[1] Metrics"), ("validate+test", None))
+
+
+def phase_peaks(samples: list[tuple[float, int, int]], log: str) -> dict[str, float]:
+    """Peak main-process RSS (MB) per phase, the phases cut at the bundle log's timestamps.
+
+    Where the memory peaks says what grows: before the trainer starts (datalist, cache fill),
+    during the training iterations, or in the validation / final test.
+    """
+    cuts = []
+    for _, marker in PHASES[:-1]:
+        found = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - [^\n]*?" + re.escape(marker), log)
+        cuts.append(None if found is None else
+                    time.mktime(time.strptime(found[1], "%Y-%m-%d %H:%M:%S")) + int(found[2]) / 1000)
+    peaks, start = {}, float("-inf")
+    for (name, _), stop in zip(PHASES, [*cuts, float("inf")]):
+        stop = float("inf") if stop is None else stop
+        inside = [main for t, main, _ in samples if start <= t < stop]
+        peaks[name] = max(inside, default=0) / 2**20
+        start = stop
+    return peaks
 
 
 def time_datalist(dataset: Path, rows: int, work: Path) -> dict:
@@ -176,11 +204,13 @@ def main() -> None:
             for count in args.items:
                 for name in (f"n{count}", f"cache{count}", f"run{count}"):
                     shutil.rmtree(out / name, ignore_errors=True)
-    lines = [("| images in the training run | peak RSS, main process | peak PSS, process tree | cache entries | "
-             "wall (fill + run) |"), "|---|---|---|---|---|"]
+    lines = [("| images in the training run | peak RSS, main process | ... during the fill | ... training "
+              "| ... validation + test | peak PSS, process tree | cache entries | wall (fill + run) |"),
+             "|---|---|---|---|---|---|---|---|"]
     for count, r in results.items():
-        lines.append(f"| {count:,} | {r['peak_main_mb']:.0f} MB | {r['peak_tree_mb']:.0f} MB | {r['entries']:,} | "
-                     f"{r['seconds']:.0f} s |")
+        phases = " | ".join(f"{r['phases'][name]:.0f} MB" for name, _ in PHASES)
+        lines.append(f"| {count:,} | {r['peak_main_mb']:.0f} MB | {phases} | {r['peak_tree_mb']:.0f} MB "
+                     f"| {r['entries']:,} | {r['seconds']:.0f} s |")
     counts = sorted(results)
     if len(counts) >= 2:
         a, b = results[counts[0]], results[counts[-1]]

@@ -9,6 +9,11 @@ loader, label-aware targets) and run in their own subprocess so that peak memory
 - ``bundle``: ``python -m monai.bundle``'s workflow, i.e. ``ContrastiveTrainer`` with every training
   handler of the config (stats, TensorBoard, image grid, progress bar, LR schedule, checkpoints).
 - ``bare``: ``for batch in loader: forward, loss, backward, clip, step`` with nothing else.
+- ``loader``: the same training DataLoader iterated alone (read from the cache, text sampling,
+  tokenisation, augmentation unless ``--augment-on-device``, collation): what it can deliver.
+- ``model``: the bare step repeated on one batch already on the device (plus ``BatchMammoAugment``
+  with ``--augment-on-device``): what the model can consume.
+  The smaller of the two says which bounds a run (``--loader-vs-model`` runs these two only).
 
 Samples/s are timed over the iterations after ``--warmup`` (the epoch-end validation and
 checkpointing are outside the window, as they are the same work in both). Peak memory is the
@@ -40,7 +45,7 @@ def build_workflow(args: argparse.Namespace, out: Path):
     overrides = {
         "ckpt_dir": str(out / "models"), "output_dir": str(out / "logs"), "max_epochs": 1,
         "batch_size": args.batch_size, "image_size": list(args.image_size), "preset": args.preset,
-        "amp": args.amp, "num_workers": args.workers,
+        "amp": args.amp, "num_workers": args.workers, "augment_on_device": args.augment_on_device,
         "network_def#pretrained": args.preset == "tiny",
         # enough batches for the timing window, and tiny validation/test sets (outside the window)
         "train#datalist": f"$@train#datalist_full[:{(args.iterations + 1) * args.batch_size}]",
@@ -67,13 +72,31 @@ def run_bundle(workflow, args: argparse.Namespace) -> list[float]:
     return stamps
 
 
-def run_bare(workflow, args: argparse.Namespace) -> list[float]:
+def run_loader(workflow, args: argparse.Namespace) -> list[float]:
+    stamps: list[float] = []
+    for _ in workflow.parser.get_parsed_content("train#dataloader"):
+        stamps.append(time.perf_counter())
+        if len(stamps) == args.iterations:
+            break
+    return stamps
+
+
+def run_model(workflow, args: argparse.Namespace) -> list[float]:
+    from mammoclip_monai.engines.trainer import move_to_device
+
+    first = next(iter(workflow.parser.get_parsed_content("train#dataloader")))
+    batch = move_to_device(first, workflow.device)
+    return run_bare(workflow, args, batches=[batch] * args.iterations)
+
+
+def run_bare(workflow, args: argparse.Namespace, batches=None) -> list[float]:
     from mammoclip_monai.engines.trainer import contrastive_targets, model_inputs, move_to_device
 
     parser = workflow.parser
     network, loss_fn = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
     optimizer = parser.get_parsed_content("optimizer")
-    loader = parser.get_parsed_content("train#dataloader")
+    loader = parser.get_parsed_content("train#dataloader") if batches is None else batches
+    batch_augment = parser.get_parsed_content("train#batch_augment")
     device, channels_last = workflow.device, parser["channels_last"]
     label_aware, label_keys, clip = parser["label_aware"], parser["label_keys"], parser["grad_clip_norm"]
     if channels_last:
@@ -84,6 +107,8 @@ def run_bare(workflow, args: argparse.Namespace) -> list[float]:
     network.train()
     for batch in loader:
         batch = move_to_device(batch, device)
+        if batch_augment is not None:
+            batch = batch_augment(batch)
         inputs = model_inputs(batch, channels_last)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=args.amp):
@@ -96,7 +121,7 @@ def run_bare(workflow, args: argparse.Namespace) -> list[float]:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
         scaler.step(optimizer)
         scaler.update()
-        float(loss)  # the bundle's handlers read the loss every step, so synchronise here too
+        float(loss)  # the bundle's handlers read the loss every step, so synchronise here too (and on CUDA)
         stamps.append(time.perf_counter())
         if len(stamps) == args.iterations:
             break
@@ -110,7 +135,8 @@ def child(args: argparse.Namespace) -> None:
         workflow = build_workflow(args, Path(tmp))
         if workflow.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        stamps = (run_bundle if args.mode == "bundle" else run_bare)(workflow, args)
+        runner = {"bundle": run_bundle, "bare": run_bare, "loader": run_loader, "model": run_model}[args.mode]
+        stamps = runner(workflow, args)
     if len(stamps) <= args.warmup + 1:
         raise SystemExit(f"only {len(stamps)} iterations ran: lower --warmup or raise --iterations")
     window = stamps[args.warmup:]
@@ -125,7 +151,12 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("bundle", "bare"), help="run one mode in this process (internal)")
+    parser.add_argument("--mode", choices=("bundle", "bare", "loader", "model"),
+                        help="run one mode in this process (internal)")
+    parser.add_argument("--loader-vs-model", action="store_true",
+                        help="time the loader alone and the model alone (instead of bundle against bare)")
+    parser.add_argument("--augment-on-device", action="store_true",
+                        help="the bundle's augment_on_device: BatchMammoAugment in the step, not in the loader")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--image-size", type=int, nargs=2, default=(512, 320))
     parser.add_argument("--batch-size", type=int, default=8)
@@ -143,9 +174,10 @@ def main() -> None:
         return
 
     passthrough = [a for a in sys.argv[1:] if not a.startswith("--out")]
-    results: dict[str, list[dict]] = {"bundle": [], "bare": []}
+    modes = ("loader", "model") if args.loader_vs_model else ("bare", "bundle")
+    results: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
-        for mode in ("bare", "bundle"):
+        for mode in modes:
             proc = subprocess.run([sys.executable, __file__, "--mode", mode, *passthrough], cwd=REPO,
                                   capture_output=True, text=True)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -153,19 +185,27 @@ def main() -> None:
                 raise SystemExit(f"{mode} run failed:\n{proc.stderr[-3000:]}")
             results[mode].append(json.loads(lines[-1][len("RESULT "):]))
     best = {mode: max(runs, key=lambda r: r["samples_per_s"]) for mode, runs in results.items()}
-    ratio = best["bundle"]["samples_per_s"] / best["bare"]["samples_per_s"]
+    first, second = modes
+    ratio = best[second]["samples_per_s"] / best[first]["samples_per_s"]
     report = [
         f"Preset `{args.preset}`, input {args.image_size[0]} x {args.image_size[1]}, batch {args.batch_size}, "
-        f"{'AMP, ' if args.amp else ''}{args.iterations} iterations ({args.warmup} warm-up), best of "
-        f"{args.repeats} alternating runs; device {best['bundle']['device']}, {platform.machine()}.",
+        f"{'AMP, ' if args.amp else ''}{'augmentation on the device, ' if args.augment_on_device else ''}"
+        f"{args.workers} loader workers, {args.iterations} iterations ({args.warmup} warm-up), best of "
+        f"{args.repeats} alternating runs; device {best[second]['device']}, {platform.machine()}.",
         "",
         "| loop | samples / s | s / iteration | peak memory (MB) |",
         "|---|---|---|---|",
     ]
-    for mode, label in (("bare", "bare PyTorch loop"), ("bundle", "bundle (ContrastiveTrainer + handlers)")):
+    labels = {"bare": "bare PyTorch loop", "bundle": "bundle (ContrastiveTrainer + handlers)",
+              "loader": "training DataLoader alone", "model": "training step alone (one batch on the device)"}
+    for mode in modes:
         r = best[mode]
-        report.append(f"| {label} | {r['samples_per_s']:.2f} | {r['s_per_iteration']:.3f} | {r['peak_mb']:.0f} |")
-    report += ["", f"Bundle / bare throughput: **{ratio:.2f}** (target: at least 0.9)."]
+        report.append(f"| {labels[mode]} | {r['samples_per_s']:.2f} | {r['s_per_iteration']:.3f} | {r['peak_mb']:.0f} |")
+    if args.loader_vs_model:
+        bound = "the model" if ratio < 1 else "the loader"
+        report += ["", f"Model / loader throughput: **{ratio:.2f}**: {bound} bounds this run."]
+    else:
+        report += ["", f"Bundle / bare throughput: **{ratio:.2f}** (target: at least 0.9)."]
     text = "\n".join(report)
     print(text)
     out = Path(args.out)

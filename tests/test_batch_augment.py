@@ -66,8 +66,10 @@ def test_rotation_matches_a_hand_rotation():
 
 def test_views_of_a_sample_share_the_geometry_and_samples_differ():
     images = _phantom(n=4, height=48, width=32)
+    before = images.clone()
     augment = BatchMammoAugment(keys=("image", "image2"), affine_prob=1.0, elastic_prob=1.0, seed=3)
     out = augment({"image": images, "image2": images.clone()})
+    assert torch.equal(images, before)  # the loader's batch is not modified in place
     torch.testing.assert_close(out["image"], out["image2"])
     assert float((out["image"] - images).abs().max()) > 0.05
     same = _phantom(n=1, height=48, width=32).expand(4, -1, -1, -1).contiguous()

@@ -52,7 +52,6 @@ from monai.utils.enums import TraceKeys
 from ..utils import resources
 from ..utils.errors import as_flag
 from ..utils.files import atomic_write_bytes, atomic_write_text
-from ..utils.resources import available_cores
 from . import geometry
 from .preprocess import PreprocessMammogramd
 from .reader import DEFAULT_MAX_PIXELS, read_error
@@ -438,7 +437,7 @@ def fill_cache(chain: CachedPreprocessd, items: Sequence[Mapping[str, Any]], wor
     from ..utils.progress import progress as progress_bar
 
     jobs = cache_jobs(chain, items)[rank::max(1, world_size)]
-    workers = available_cores() if workers is None else max(0, int(workers))
+    workers = resources.available_cores() if workers is None else max(0, int(workers))
     workers = min(workers, len(jobs))
     loader = torch.utils.data.DataLoader(_EnsureItems(chain, jobs), batch_size=None, shuffle=False,
                                          num_workers=workers, collate_fn=lambda x: x)
@@ -481,7 +480,7 @@ def mammogram_dataset(data: Sequence[Mapping[str, Any]], transform: Any, cache_d
             logger.warning("the dataset would need %.1f GB in RAM (%.1f GB available): not caching it; set "
                            "cache_dir to preprocess each image once", needed / 1e9, available / 1e9)
             return Dataset(data=data, transform=transform)
-    threads = available_cores() if workers is None else max(1, int(workers))
+    threads = resources.available_cores() if workers is None else max(1, int(workers))
     return CacheDataset(data=data, transform=transform, cache_rate=1.0, num_workers=threads, progress=progress)
 
 
