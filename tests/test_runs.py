@@ -132,3 +132,41 @@ def test_the_logs_of_a_run_are_protected_too(tmp_path):
     guard = RunDirectory(tmp_path / "models", SETTINGS, outputs=("model.pt", str(logs / "metrics.json")))
     with pytest.raises(RunDirectoryInUse, match=r"metrics\.json.*--ckpt_dir DIR --output_dir DIR"):
         guard.claim()
+
+
+def _shared_check_rank(rank: int, port: int, folders: list[str], results: str) -> None:
+    import torch.distributed as dist
+
+    from mammoclip_monai.engines.runs import DirectoryNotShared, check_shared_directory
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        check_shared_directory(folders[rank])
+        outcome = "ok"
+    except DirectoryNotShared as err:
+        outcome = str(err)
+    finally:
+        dist.destroy_process_group()
+    Path(results, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "one_folder_per_rank"])
+def test_every_rank_must_see_the_checkpoint_folder(tmp_path, shared):
+    """Two gloo ranks: one folder passes; a folder per rank (a node-local ckpt_dir) fails on both, at once."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folders = [str(tmp_path / "models")] * 2 if shared else [str(tmp_path / "node0"), str(tmp_path / "node1")]
+    mp.spawn(_shared_check_rank, args=(port, folders, str(tmp_path)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    if shared:
+        assert outcomes == ["ok", "ok"]
+        assert not list((tmp_path / "models").glob(".shared-check-*"))  # the marker is removed
+    else:
+        for outcome in outcomes:
+            assert "ckpt_dir" in outcome and "rank 1 on" in outcome and "shared file system" in outcome
+            assert "rank 0 on" not in outcome

@@ -24,7 +24,8 @@ from ignite.engine import Engine, Events
 from ..utils.errors import UsageError, as_flag
 from ..utils.files import atomic_write_text
 
-__all__ = ["RunDirectory", "RunDirectoryInUse", "RunFinished", "RUN_RECORD"]
+__all__ = ["RUN_RECORD", "DirectoryNotShared", "RunDirectory", "RunDirectoryInUse", "RunFinished",
+           "check_shared_directory"]
 
 logger = logging.getLogger("mammoclip_monai.engines")
 
@@ -148,3 +149,42 @@ class RunFinished:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self.run.finish)
+
+
+class DirectoryNotShared(UsageError):
+    """A folder that every rank must see (rank 0 writes it, all read it) is local to some machines."""
+
+
+def check_shared_directory(directory: str | os.PathLike[str], name: str = "ckpt_dir") -> None:
+    """Under ``torch.distributed``: fail at the start if some rank does not see ``directory`` as rank 0 does.
+
+    Rank 0 writes the checkpoints and every rank loads the best one for the final test, so a
+    ``ckpt_dir`` local to each node would fail (or load another run's stale ``model.pt``) only at
+    the end of the training. Rank 0 writes a marker with a fresh token; every rank looks for it.
+    A no-op without a process group or with one rank.
+    """
+    import secrets
+    import socket
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    rank = dist.get_rank()
+    token = [secrets.token_hex(8) if rank == 0 else None]
+    dist.broadcast_object_list(token, src=0)
+    marker = Path(directory) / f".shared-check-{token[0]}"
+    if rank == 0:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(str(token[0]), marker)
+    dist.barrier()
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, (rank, socket.gethostname(), marker.is_file()))
+    dist.barrier()
+    if rank == 0:
+        marker.unlink(missing_ok=True)
+    blind = [(r, host) for r, host, found in seen if not found]
+    if blind:
+        ranks = ", ".join(f"rank {r} on {host}" for r, host in blind)
+        raise DirectoryNotShared(f"{name} {os.fspath(directory)} is not shared by every node ({ranks} cannot see "
+                                 f"what rank 0 wrote there): give a folder on a shared file system")
