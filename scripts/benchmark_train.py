@@ -2,6 +2,7 @@
 
     python scripts/benchmark_train.py --iterations 20 --warmup 3
     python scripts/benchmark_train.py --preset paper_b5 --amp --image-size 1520 912 --batch-size 8   # GPU
+    python scripts/benchmark_train.py --loader-vs-model --image-size 448 288          # which one bounds a run
 
 Both modes are built from ``bundle/configs/train.json`` (same network, loss, optimiser, data
 loader, label-aware targets) and run in their own subprocess so that peak memory is per mode:
@@ -56,6 +57,8 @@ def build_workflow(args: argparse.Namespace, out: Path):
     }
     if args.dataset_dir:
         overrides["dataset_dir"] = args.dataset_dir
+    if args.text_model:
+        overrides["network_def#text_model"] = args.text_model
     workflow = ConfigWorkflow(config_file=str(TRAIN), workflow_type="train", run_id="training", **overrides)
     workflow.initialize()
     return workflow
@@ -167,13 +170,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--dataset-dir", default="", help="default: the bundle's synthetic dataset")
+    parser.add_argument("--text-model", default="", help="a local Hugging Face model folder instead of the "
+                        "preset's text model (offline: the paper presets name Bio_ClinicalBERT, a hub id)")
     parser.add_argument("--out", default="runs/bench_train/results.json")
     args = parser.parse_args()
     if args.mode:
         child(args)
         return
 
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    passthrough, skip_next = [], False
+    for arg in sys.argv[1:]:  # everything but --out (and its value), for the child processes
+        if skip_next or arg.startswith("--out="):
+            skip_next = False
+            continue
+        if arg == "--out":
+            skip_next = True
+            continue
+        passthrough.append(arg)
     modes = ("loader", "model") if args.loader_vs_model else ("bare", "bundle")
     results: dict[str, list[dict]] = {mode: [] for mode in modes}
     for _ in range(args.repeats):
@@ -203,7 +216,7 @@ def main() -> None:
         report.append(f"| {labels[mode]} | {r['samples_per_s']:.2f} | {r['s_per_iteration']:.3f} | {r['peak_mb']:.0f} |")
     if args.loader_vs_model:
         bound = "the model" if ratio < 1 else "the loader"
-        report += ["", f"Model / loader throughput: **{ratio:.2f}**: {bound} bounds this run."]
+        report += ["", f"Model / loader throughput: **{ratio:.3f}**: {bound} bounds this run."]
     else:
         report += ["", f"Bundle / bare throughput: **{ratio:.2f}** (target: at least 0.9)."]
     text = "\n".join(report)
