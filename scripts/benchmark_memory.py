@@ -111,7 +111,7 @@ def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dic
     for key, value in overrides.items():
         command += [f"--{key}", value]
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_main = peak_tree = 0
     samples: list[tuple[float, int, int]] = []
     done = threading.Event()
@@ -126,7 +126,7 @@ def run_training(dataset: Path, cache: Path, work: Path, iterations: int) -> dic
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, stderr = process.communicate()
+    stderr, _ = process.communicate()  # the bundle logs to stdout, tqdm to stderr: both, in order
     done.set()
     sampler.join()
     if process.returncode != 0:
