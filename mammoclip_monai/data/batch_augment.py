@@ -23,7 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchMammoAugment"]
+__all__ = ["BatchMammoAugment", "check_angles"]
+
+
+def check_angles(**ranges: float) -> None:
+    """Rotation and shear ranges in degrees must lie in ``[0, 90)`` (shared with ``RandMammoAugmentd``)."""
+    for name, value in ranges.items():
+        if not 0 <= value < 90:
+            raise ValueError(f"{name} must be in [0, 90) degrees, got {value}")
 
 
 def _uniform(generator: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
@@ -46,9 +53,7 @@ class BatchMammoAugment:
                  elastic_magnitude: Sequence[float] = (1.0, 3.0), gamma_range: Sequence[float] = (0.7, 1.5),
                  gamma_prob: float = 0.5, contrast_range: float = 0.2, contrast_prob: float = 0.5,
                  normalize: Callable[[dict], Mapping] | None = None, seed: int = 0) -> None:
-        for name, value in (("rotate_range", rotate_range), ("shear_range", shear_range)):
-            if not 0 <= value < 90:
-                raise ValueError(f"{name} must be in [0, 90) degrees, got {value}")
+        check_angles(rotate_range=rotate_range, shear_range=shear_range)
         for name, value in (("prob", prob), ("affine_prob", affine_prob), ("elastic_prob", elastic_prob),
                             ("gamma_prob", gamma_prob), ("contrast_prob", contrast_prob)):
             if not 0 <= value <= 1:

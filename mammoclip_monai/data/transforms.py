@@ -40,6 +40,7 @@ from monai.utils import ensure_tuple, ensure_tuple_rep
 from monai.utils.enums import TraceKeys
 
 from . import geometry
+from .batch_augment import check_angles
 from .breast import find_breast
 from ..utils.errors import as_flag
 from .reader import DEFAULT_MAX_PIXELS, read_mammogram
@@ -421,9 +422,7 @@ class RandMammoAugmentd(RandomizableTransform, MapTransform):
                  label_keys: KeysCollection = (), allow_missing_keys: bool = False) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        for name, value in (("rotate_range", rotate_range), ("shear_range", shear_range)):
-            if not 0 <= value < 90:
-                raise ValueError(f"{name} must be in [0, 90) degrees, got {value}")
+        check_angles(rotate_range=rotate_range, shear_range=shear_range)
         self.translate_range = float(translate_range)
         self.elastic_spacing = float(elastic_spacing)
         self.label_keys = set(ensure_tuple(label_keys))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from .errors import as_flag
+
 __all__ = ["available_cores", "cache_fill_share", "loader_workers", "memory_available", "preprocess_workers"]
 
 
@@ -41,13 +43,14 @@ def preprocess_workers() -> int:
     return max(1, available_cores() // _local_ranks())
 
 
-def cache_fill_share(shared: bool) -> tuple[int, int]:
+def cache_fill_share(shared: bool | str) -> tuple[int, int]:
     """``(rank, world_size)`` of this process's share of the images to cache, from torchrun's environment.
 
     One cache shared by every machine: the global ranks split the images. One cache per machine:
     the ranks of this machine (``LOCAL_RANK`` of ``LOCAL_WORLD_SIZE``) must fill all of it between them.
+    ``shared`` may be a flag as typed on the command line (``"false"``).
     """
-    if shared:
+    if as_flag(shared, "cache_shared"):
         return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
     return int(os.environ.get("LOCAL_RANK", "0")), _local_ranks()
 
