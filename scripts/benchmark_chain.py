@@ -12,7 +12,10 @@ then times per file, in alternating rounds (the order of the variants rotates ea
       to memory at zlib level 1 (headline) and, as (b0), without the PNG;
   (c) today's four-transform chain (LoadMammogramd -> CropBreastd -> CanonicalLateralityd ->
       ResizeKeepAspectd) to 1520 x 912;
-  (d) the fused PreprocessMammogramd to 1520 x 912.
+  (d) the fused PreprocessMammogramd to 1520 x 912;
+  (c0) with ``--baseline-commit REV``: the four transforms as they were at commit REV (the
+       package extracted with ``git archive`` and imported under another name), so "today's"
+       cost can be pinned to the tree an issue was filed against.
 
 All variants decode with the decoder the project's reader picks (data/decoders.py). Reported: images/s, (d)/(b) with its range
 over rounds, and the ms per source megapixel of the work after decoding, (c)-(a) and (d)-(a).
@@ -22,11 +25,16 @@ Torch runs on one thread (per-core figures). Prints Markdown and writes it with 
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import platform
+import re
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,10 +158,33 @@ def decoder_names(files: dict[tuple[str, str], Path]) -> dict[str, str]:
     return out
 
 
-def make_variants() -> dict[str, callable]:
+BASELINE_PACKAGE = "mammoclip_monai_baseline"
+
+
+def baseline_transforms(commit: str, into: Path):
+    """``mammoclip_monai.data.transforms`` as it was at ``commit``, imported as another package."""
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", commit, "mammoclip_monai"],
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    package = into / BASELINE_PACKAGE
+    (into / "mammoclip_monai").rename(package)
+    for source in package.rglob("*.py"):
+        source.write_text(re.sub(r"\bmammoclip_monai\b", BASELINE_PACKAGE, source.read_text()))
+    sys.path.insert(0, str(into))
+    return importlib.import_module(f"{BASELINE_PACKAGE}.data.transforms")
+
+
+def make_variants(baseline=None) -> dict[str, callable]:
     four = Compose([LoadMammogramd(), CropBreastd(), CanonicalLateralityd(),
                     ResizeKeepAspectd(spatial_size=OUT_HW)])
     fused = PreprocessMammogramd(spatial_size=OUT_HW)
+    extra = {}
+    if baseline is not None:
+        old = Compose([baseline.LoadMammogramd(), baseline.CropBreastd(), baseline.CanonicalLateralityd(),
+                       baseline.ResizeKeepAspectd(spatial_size=OUT_HW)])
+        extra["c0_four_transforms_baseline"] = lambda p: old({"image": str(p)})
 
     def decode(path: Path) -> None:
         project_decode(pydicom.dcmread(str(path)))
@@ -164,11 +195,12 @@ def make_variants() -> dict[str, callable]:
         "b0_reference_nopng": lambda p: reference_preprocess(p, None, decode=project_decode),
         "c_four_transforms": lambda p: four({"image": str(p)}),
         "d_fused": lambda p: fused({"image": str(p)}),
+        **extra,
     }
 
 
-def run(files: dict[tuple[str, str], Path], rounds: int) -> dict:
-    variants = make_variants()
+def run(files: dict[tuple[str, str], Path], rounds: int, baseline=None) -> dict:
+    variants = make_variants(baseline)
     names = list(variants)
     times: dict[tuple[str, str], dict[str, list[float]]] = {k: {n: [] for n in names} for k in files}
     smallest = min(SIZES, key=lambda s: SIZES[s][0] * SIZES[s][1])
@@ -204,10 +236,12 @@ def summarise(files: dict, times: dict) -> list[dict]:
             "c_minus_a_ms_per_mp": round((med["c_four_transforms"] - med["a_decode"]) * 1000 / mp, 2),
             "d_minus_a_ms_per_mp": round((med["d_fused"] - med["a_decode"]) * 1000 / mp, 2),
         })
+        if "c0_four_transforms_baseline" in med:
+            rows[-1]["c0_minus_a_ms_per_mp"] = round((med["c0_four_transforms_baseline"] - med["a_decode"]) * 1000 / mp, 2)
     return rows
 
 
-def markdown(rows: list[dict], rounds: int) -> str:
+def markdown(rows: list[dict], rounds: int, baseline: str | None = None) -> str:
     lines = [(f"{rounds} alternating rounds, 1 torch thread, {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, pydicom {pydicom.__version__}. Images/s (median over rounds); "
              "ratio = (d)/(b) images/s, median [min-max over rounds]; ms/MP = work after decoding per "
@@ -221,6 +255,14 @@ def markdown(rows: list[dict], rounds: int) -> str:
             f"{r['b0_reference_nopng_ips']:.2f} | {r['c_four_transforms_ips']:.2f} | {r['d_fused_ips']:.2f} | "
             f"**{r['ratio_d_over_b']:.2f}** [{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}] | "
             f"{r['ratio_d_over_b0']:.2f} | {r['c_minus_a_ms_per_mp']:.2f} | {r['d_minus_a_ms_per_mp']:.2f} |")
+    if baseline is not None:
+        lines += ["", f"(c0) the four transforms at commit {baseline}, same run:", "",
+                  "| size | syntax | (c0) images/s | (c0)-(a) ms/MP | (d)-(a) ms/MP | (d)-(a) / (c0)-(a) |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            share = r["d_minus_a_ms_per_mp"] / r["c0_minus_a_ms_per_mp"] if r["c0_minus_a_ms_per_mp"] > 0 else float("nan")
+            lines.append(f"| {r['size']} | {r['syntax']} | {r['c0_four_transforms_baseline_ips']:.2f} | "
+                         f"{r['c0_minus_a_ms_per_mp']:.2f} | {r['d_minus_a_ms_per_mp']:.2f} | **{share:.2f}** |")
     return "\n".join(lines)
 
 
@@ -231,13 +273,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--syntaxes", nargs="*", default=list(SYNTAXES), choices=list(SYNTAXES))
+    parser.add_argument("--baseline-commit", default=None,
+                        help="also time the four transforms of this git commit, as (c0) (e.g. the tree an issue was filed on)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     files = {k: v for k, v in ensure_images(Path(args.data)).items() if k[0] in args.sizes and k[1] in args.syntaxes}
     names = decoder_names(files)
-    times = run(files, args.rounds)
+    with tempfile.TemporaryDirectory(prefix="chain-baseline-") as scratch:
+        baseline = baseline_transforms(args.baseline_commit, Path(scratch)) if args.baseline_commit else None
+        times = run(files, args.rounds, baseline)
     rows = summarise(files, times)
-    text = markdown(rows, args.rounds) + "\n\nDecoder per syntax (all variants): " + ", ".join(
+    text = markdown(rows, args.rounds, args.baseline_commit) + "\n\nDecoder per syntax (all variants): " + ", ".join(
         f"{k}: {v}" for k, v in names.items())
     print(text)
     out = Path(args.out or args.data)

@@ -243,7 +243,11 @@ class PreprocessMammogramd(MapTransform, InvertibleTransform):
 
 # ---------------------------------------------------------------------- streaming helpers
 STRIP_ROWS = 64
-"""Rows mapped at a time: a strip of grey values stays in the CPU cache between the steps that use it."""
+"""Rows mapped at a time for the resize: a strip of grey values stays in the CPU cache between the steps that use it."""
+
+DOWNSAMPLE_ROWS = 256
+"""Rows mapped at a time for the analysis copy: its per-strip work is two sums, so fewer, larger strips
+(fewer torch calls) win here (3-6 % of the whole chain at 2294 x 1914 to 5000 x 4000, measured)."""
 
 
 @contextmanager
@@ -287,7 +291,7 @@ def _downsampled(pixels: np.ndarray, grey: _Grey) -> tuple[np.ndarray, int]:
     factor = max(1, math.ceil(max(height, width) / ANALYSIS_SIZE))
     if factor == 1:
         return grey(pixels).numpy(), factor
-    rows = factor * max(1, STRIP_ROWS // factor)
+    rows = factor * max(1, DOWNSAMPLE_ROWS // factor)
     whole = width // factor * factor
     parts = []
     for r0 in range(0, height, rows):
