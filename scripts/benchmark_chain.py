@@ -256,7 +256,8 @@ def markdown(rows: list[dict], rounds: int, baseline: str | None = None) -> str:
             f"**{r['ratio_d_over_b']:.2f}** [{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}] | "
             f"{r['ratio_d_over_b0']:.2f} | {r['c_minus_a_ms_per_mp']:.2f} | {r['d_minus_a_ms_per_mp']:.2f} |")
     if baseline is not None:
-        lines += ["", f"(c0) the four transforms at commit {baseline}, same run:", "",
+        lines += ["", f"(c0) the four transforms at commit {baseline}, same run. (c0) decodes with that tree's "
+                  "reader: rows where it picked another decoder than (a) compare decoders, not transforms.", "",
                   "| size | syntax | (c0) images/s | (c0)-(a) ms/MP | (d)-(a) ms/MP | (d)-(a) / (c0)-(a) |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
