@@ -5,4 +5,4 @@ Importing the package is cheap: sub-modules (which pull in torch and MONAI) load
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__

@@ -455,28 +455,6 @@ def _small_model(tiny_text_dir) -> MammoCLIP:
     return MammoCLIP({"text_model": str(tiny_text_dir), "embed_dim": 16, "image_size": [64, 48]})
 
 
-def test_predict_keeps_the_train_mode(tiny_text_dir):
-    model = _small_model(tiny_text_dir)
-    model.train()
-    model.text_encoder.eval()  # a mixed state must come back as it was, module by module
-    modes = {name: m.training for name, m in model.named_modules()}
-    images = torch.randn(2, 1, 64, 48)
-    prompts = {"mass": ["no mass", "mass"]}
-    first = model.predict(images, prompts=prompts)
-    assert {name: m.training for name, m in model.named_modules()} == modes
-    assert model.predict(images, prompts=prompts) == first  # each call in eval mode: no dropout noise
-    assert 0.0 < first[0]["mass"] < 1.0
-
-
-def test_predict_follows_the_models_device(tiny_text_dir):
-    model = _small_model(tiny_text_dir).eval()
-    model.predict(torch.randn(1, 1, 64, 48), prompts={"mass": ["no mass", "mass"]})
-    predictor = model.__dict__["_predictor"]
-    assert predictor.device == torch.device("cpu")
-    model.to("meta")  # another device (CPU-only machines have no second real one)
-    assert predictor.device == torch.device("meta")  # the cached predictor is not bound to the first call's
-
-
 # ----------------------------------------------------------------------------- missing packages
 
 

@@ -52,9 +52,10 @@ from monai.utils.enums import TraceKeys
 from ..utils import resources
 from ..utils.errors import as_flag
 from ..utils.files import atomic_write_bytes, atomic_write_text
+from ..utils.progress import progress as progress_bar
 from . import geometry
 from .preprocess import PreprocessMammogramd
-from .reader import DEFAULT_MAX_PIXELS, read_error
+from .reader import DEFAULT_MAX_PIXELS, MammogramReadError, read_error
 
 __all__ = ["CACHE_FORMAT", "CachedPreprocessd", "PreprocessCache", "chain_parameters", "read_entry"]
 
@@ -394,8 +395,6 @@ class _EnsureItems(torch.utils.data.Dataset):
         return len(self.jobs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from .reader import MammogramReadError
-
         source, fill = self.jobs[index]
         try:
             entry, new = self.chain.ensure(source, fill)
@@ -434,7 +433,6 @@ def fill_cache(chain: CachedPreprocessd, items: Sequence[Mapping[str, Any]], wor
     a bad file is reported, never fatal here. Workers are a ``torch.utils.data.DataLoader``'s (each
     with one torch thread), so the usual fork/spawn caveats are torch's, not ours.
     """
-    from ..utils.progress import progress as progress_bar
 
     jobs = cache_jobs(chain, items)[rank::max(1, world_size)]
     workers = resources.available_cores() if workers is None else max(0, int(workers))
@@ -485,8 +483,6 @@ def mammogram_dataset(data: Sequence[Mapping[str, Any]], transform: Any, cache_d
 
 
 def _raise_first_error(results: Sequence[Mapping[str, Any]]) -> None:
-    from .reader import MammogramReadError
-
     failed = [r for r in results if "error" in r]
     for result in failed[1:]:
         logger.error("%s: %s", result["file"], result["error"])

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..utils.errors import InvalidInputError, as_flag
 from ..utils.input_files import read_text_file
+from .reader import read_mammogram
 
 SPLITS = ("train", "val", "test")
 DENSITY_LETTERS = "ABCD"
@@ -608,7 +609,6 @@ def with_mask_boxes(items: Sequence[Mapping]) -> list[dict]:
     A mask whose size differs from its image (a known CBIS-DDSM defect) has its box scaled to the
     image; an empty mask is an error naming the file. Items without ``roi_masks`` are unchanged.
     """
-    from .reader import read_mammogram
 
     out = []
     for item in items:

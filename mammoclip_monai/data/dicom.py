@@ -38,7 +38,7 @@ from pydicom.filereader import read_dataset, read_partial, read_preamble
 from pydicom.uid import UID
 
 from mammoclip_monai.data import decoders as _decoders
-from mammoclip_monai.data.reader import DEFAULT_MAX_PIXELS, NOT_SUPPORTED
+from mammoclip_monai.utils.errors import DEFAULT_MAX_PIXELS, NOT_SUPPORTED
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut as _pydicom_modality_lut

@@ -23,13 +23,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_PIXELS", "VOI_MODES", "MammogramReadError", "image_hash", "read_error", "read_mammogram"]
+from ..utils.errors import DEFAULT_MAX_PIXELS, NOT_SUPPORTED, MammogramReadError, read_error
 
-DEFAULT_MAX_PIXELS = 2**26
-"""Default ``max_pixels``: 8192 x 8192 = 67,108,864 pixels. The largest real mammograms are well
-inside (Fujifilm Amulet 4728 x 5928 = 28.0 M, digitised DDSM film up to about 7000 x 5000 = 35 M,
-Hologic 3328 x 4096 = 13.6 M), and an image at the cap needs 256 MiB as float32, so a bad header
-cannot make one read ask for gigabytes. Raise it per call for larger digitised film."""
+__all__ = ["DEFAULT_MAX_PIXELS", "VOI_MODES", "MammogramReadError", "image_hash", "read_error", "read_mammogram"]
 
 HASH_CHUNK_BYTES = 1 << 20
 """``image_hash`` reads the file in pieces of this size: constant memory whatever the file size."""
@@ -37,40 +33,11 @@ HASH_CHUNK_BYTES = 1 << 20
 VOI_MODES = ("auto", "lut", "window", "minmax", "range")
 """Accepted values of ``voi``: how stored DICOM values are mapped to ``[0, 1]``."""
 
-NOT_SUPPORTED = "not a DICOM or supported image file"
-"""The reason given for any file that is neither DICOM nor a PNG/JPEG/TIFF image."""
-
 _DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic", ""})
 _RASTER_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 _RASTER_FORMATS = ["PNG", "JPEG", "TIFF"]
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-class MammogramReadError(ValueError):
-    """A mammogram could not be read: names the file and the reason, never a header value.
-
-    ``str(err) == f"{path}: {reason}"``. Subclasses ``ValueError`` so callers that already catch
-    bad values keep working.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = os.fsdecode(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keep the two-argument constructor working across processes (DataLoader workers).
-        return (type(self), (self.path, self.reason))
-
-
-def read_error(err: BaseException) -> MammogramReadError | None:
-    """The reader's error behind ``err`` (MONAI wraps a transform's exception in a ``RuntimeError``), or ``None``."""
-    seen: set[int] = set()
-    while err is not None and not isinstance(err, MammogramReadError) and id(err) not in seen:
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return err if isinstance(err, MammogramReadError) else None
 
 
 def image_hash(path: str | os.PathLike[str]) -> str:

@@ -10,8 +10,8 @@ from .handlers import (
     ResumeHandler,
     TensorBoardImageGrid,
 )
+from .metrics import RetrievalRecall, ZeroShotAUROC, contrastive_metrics, retrieval_metrics, zero_shot_metrics
 from .runs import RunDirectory, RunDirectoryInUse, RunFinished
-from .metrics import RetrievalRecall, ZeroShotAUROC, retrieval_metrics, zero_shot_metrics
 from .trainer import ContrastiveTrainer
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "RunFinished",
     "TensorBoardImageGrid",
     "ZeroShotAUROC",
+    "contrastive_metrics",
     "retrieval_metrics",
     "zero_shot_metrics",
 ]

@@ -26,17 +26,14 @@ import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
+from ..networks.checkpoints import load_weights
+from ..utils.distributed import unwrap
 from ..utils.files import atomic_torch_save, atomic_write_text
 
 logger = logging.getLogger("mammoclip_monai.engines")
 
 
 # ----------------------------------------------------------------------------- modules
-def unwrap(module: Any) -> Any:
-    """The module inside DataParallel/DistributedDataParallel wrappers."""
-    return getattr(module, "module", module)
-
-
 def _state_of(obj: Any) -> Any:
     return unwrap(obj).state_dict()
 
@@ -369,8 +366,6 @@ class FinalTestHandler:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()  # rank 0 may still be writing the best checkpoint
         if self.checkpoint.is_file():
-            from ..networks.checkpoints import load_weights
-
             load_weights(model, self.checkpoint)
         else:
             logger.warning("%s not found: testing the last weights", self.checkpoint)

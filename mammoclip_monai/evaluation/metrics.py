@@ -17,11 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.exceptions import NotComputableError
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
 
-from ..engines.metrics import _gather, binary_auroc
+from ..utils.auroc import AccumulatingMetric, binary_auroc
 
 __all__ = ["roc_curve", "sensitivity_at_specificity", "confusion_matrix", "classification_metrics",
            "logits_to_probabilities", "ClassificationReport"]
@@ -133,7 +130,7 @@ def logits_to_probabilities(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-class ClassificationReport(Metric):
+class ClassificationReport(AccumulatingMetric):
     """Ignite metric: :func:`classification_metrics` of a classifier's logits over the whole run.
 
     Reads ``(y_pred, y)`` (MONAI engines' ``pred`` and ``label``): logits ``(B, 1)`` (binary) or
@@ -153,22 +150,14 @@ class ClassificationReport(Metric):
         self.prefix = prefix
         super().__init__(output_transform=output_transform, device=device)
 
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._logits: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-
-    @reinit__is_reduced
     def update(self, output: tuple[torch.Tensor, torch.Tensor]) -> None:
         logits, labels = output
-        logits = torch.as_tensor(logits).detach().float().cpu()
-        self._logits.append(logits.reshape(len(logits), -1))
-        self._labels.append(torch.as_tensor(labels).detach().cpu().reshape(len(logits), -1)[:, 0].long())
+        logits = torch.as_tensor(logits).detach().float()
+        self.accumulate(logits=logits.reshape(len(logits), -1),
+                        labels=torch.as_tensor(labels).detach().reshape(len(logits), -1)[:, 0].long())
 
-    def compute(self) -> dict[str, Any]:
-        if not self._logits:
-            raise NotComputableError("ClassificationReport needs at least one batch")
-        logits, labels = _gather(self._logits).numpy(), _gather(self._labels).numpy()
+    def compute(self) -> dict[str, Any] | float:
+        logits, labels = self.gathered("logits").numpy(), self.gathered("labels").numpy()
         result = classification_metrics(logits_to_probabilities(logits), labels, class_names=self.class_names,
                                         specificity=self.specificity)
         if self.select is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.auroc import binary_auroc
 from .metrics import roc_curve
 
 
@@ -25,8 +26,6 @@ def _pyplot():
 def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
                     title: str = "ROC") -> Path:
     """One panel, one line per ``{label: (scores, binary labels)}``; AUROC in the legend."""
-    from ..engines.metrics import binary_auroc
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for label, (scores, truth) in curves.items():

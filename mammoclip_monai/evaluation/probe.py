@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.datalists import batchable
 from ..engines.evaluator import image_paths
 from ..utils.progress import progress as show_progress
 
@@ -166,8 +167,6 @@ def embed_datalist(encoder: nn.Module, items: Sequence[Mapping[str, Any]], trans
                    progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`embed_images` over a datalist run through ``transform`` (the deterministic preprocessing)."""
     from monai.data import DataLoader, Dataset
-
-    from ..data.datalists import batchable
 
     if not items:
         raise ValueError("the datalist to embed is empty")

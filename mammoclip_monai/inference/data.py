@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from monai.data import list_data_collate
 
+from ..data.datalists import DatalistError, read_csv, required_value
 from ..data.reader import MammogramReadError, read_error
 from ..utils.errors import NoInputsError
 
@@ -51,7 +52,6 @@ def _csv_items(path: Path) -> list[dict[str, str]]:
     The CSV is checked as a datalist is (UTF-8, no ragged rows, at least one row); a row without a
     path is a :class:`~mammoclip_monai.data.datalists.DatalistError` naming its line.
     """
-    from ..data.datalists import DatalistError, read_csv, required_value
 
     rows = read_csv(path)
     column = next((c for c in PATH_COLUMNS if c in rows[0]), None)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.pipelines import preprocessing
+from ..networks.mammoclip import MammoCLIP
 from ..networks.zero_shot import TEXT_PREFIXES, ZeroShotClassifier
 from .data import ImageDataset, collate_readable, inference_datalist, read_error
 from .writer import batch_identity, batch_rows
@@ -66,8 +67,6 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> Predictor:
         """A predictor over ``MammoCLIP.from_pretrained(directory)`` (e.g. ``bundle/models/pretrained``)."""
-        from ..networks.mammoclip import MammoCLIP
-
         return cls(MammoCLIP.from_pretrained(directory), **kwargs)
 
     def classifier(self, prompts: Prompts | None = None) -> ZeroShotClassifier:

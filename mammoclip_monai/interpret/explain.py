@@ -2,7 +2,6 @@
 
 What ``mammoclip explain`` runs. Files that cannot be read are reported and skipped; the others
 are processed. Outputs name images by file path only (nothing from the DICOM header):
-
     <out>/explanations.json   per image and attribute: probability (``"head": "factor"``: FActOR's, not the
                               zero-shot head's of ``mammoclip predict``), boxes (original pixels), top neurons
     <out>/neurons.csv         per attribute, its most frequent top neurons and their scores for every attribute
@@ -24,11 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..utils.errors import user_error
+from ..data.pipelines import preprocessing
+from ..utils.errors import InvalidInputError, user_error
 from ..utils.files import atomic_write_text
-from .factor import FActOR
+from .factor import FActOR, read_factor_state
 from .features import FeatureMapExtractor
 from .heatmaps import factor_heatmap, heatmap_boxes, to_original
+from .overlay import load_original, save_overlay
 
 logger = logging.getLogger("mammoclip_monai.interpret")
 
@@ -50,14 +51,11 @@ class Explainer:
     def __init__(self, model: torch.nn.Module, factor: FActOR | str | os.PathLike, layer: str | None = None,
                  top_k: int = 10, threshold: float = 0.5, max_boxes: int = 3, device: torch.device | str = "cpu",
                  allow_any_modality: bool = False) -> None:
-        from ..data.pipelines import preprocessing
 
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         size = tuple(self.model.config.image_size)
         if not isinstance(factor, FActOR):  # a factor.pt: every problem with it is one InvalidInputError line
-            from ..utils.errors import InvalidInputError
-            from .factor import read_factor_state
 
             path = Path(factor)
             state = read_factor_state(path)
@@ -114,7 +112,6 @@ class Explainer:
     def explain(self, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, overlays: bool = True,
                 progress: bool = False) -> dict[str, Any]:
         """Explain every file; write ``explanations.json``, ``neurons.csv`` and overlays; return the summary."""
-        from .overlay import load_original, save_overlay
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

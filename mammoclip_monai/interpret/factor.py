@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..networks.checkpoints import read_torch_file, state_mismatch
+from ..text.prompts import embed_prompt_sets
 from ..utils.errors import InvalidInputError
 
 __all__ = ["FActOR", "FActORLoss", "attribute_embeddings", "read_factor_state", "load_factor", "FACTOR_FILE"]
@@ -121,7 +123,6 @@ class FActOR(nn.Module):
         whose tensors do not fit together is an :class:`~mammoclip_monai.utils.InvalidInputError`
         naming ``source`` (the file it came from) and the first offending keys.
         """
-        from ..networks.checkpoints import state_mismatch
 
         where = source if source is not None else "FActOR state dict"
 
@@ -321,7 +322,6 @@ def read_factor_state(path: str | os.PathLike) -> dict[str, Any]:
     is an :class:`~mammoclip_monai.utils.InvalidInputError` saying it is not a FActOR weights file.
     Rebuild the model with ``FActOR.from_state_dict(state, ..., source=path)``.
     """
-    from ..networks.checkpoints import read_torch_file
 
     state = read_torch_file(path, FACTOR_FILE)
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
@@ -340,7 +340,6 @@ def load_factor(path: str | os.PathLike, feature_size: Sequence[int] | None = No
 def attribute_embeddings(model: nn.Module, prompt_sets: Mapping[str, object], device: torch.device | str | None = None
                          ) -> dict[str, torch.Tensor]:
     """``{attribute: (2, D)}`` ``[absent, present]`` embeddings from binary prompt sets (embedded once)."""
-    from ..text.prompts import embed_prompt_sets
 
     for name, prompt_set in prompt_sets.items():
         if tuple(prompt_set.values) != (0, 1):

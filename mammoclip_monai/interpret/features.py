@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.datalists import batchable
 from ..engines.evaluator import image_paths
 from ..utils.progress import progress as show_progress
 
@@ -77,8 +78,6 @@ def cache_feature_maps(extractor: nn.Module, items: Sequence[Mapping[str, Any]],
     one label per ``label_keys`` entry (-1 unknown). Maps are stored as ``dtype`` (half the memory).
     """
     from monai.data import DataLoader, Dataset
-
-    from ..data.datalists import batchable
 
     if not items:
         raise ValueError("the datalist to cache is empty")

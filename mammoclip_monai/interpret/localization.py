@@ -25,6 +25,7 @@ from ..data.geometry import as_boxes, box_iou
 from ..utils.progress import progress as show_progress
 from .features import default_feature_layer
 from .heatmaps import cam_map, factor_heatmap, gradcam_map, heatmap_boxes, to_original
+from .overlay import save_comparison_overlay
 
 logger = logging.getLogger("mammoclip_monai.interpret")
 
@@ -186,7 +187,6 @@ class LocalizationEvaluator:
         Returns ``(summary rows, per-image rows)``; writes up to ``max_overlays`` overlay PNGs per
         attribute into ``overlay_dir``.
         """
-        from .overlay import save_comparison_overlay
 
         per_image: list[dict[str, Any]] = []
         overlays = dict.fromkeys(self.factor.attributes, 0)

@@ -6,15 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
-from ignite.metrics.metric import reinit__is_reduced
 
-from ..engines.metrics import _gather, binary_auroc
+from ..utils.auroc import AccumulatingMetric, binary_auroc
 
 __all__ = ["AttributeAUROC"]
 
 
-class AttributeAUROC(Metric):
+class AttributeAUROC(AccumulatingMetric):
     """AUROC of the FActOR evidence (present minus absent logit) per attribute; the mean by default.
 
     Reads ``(pred (B, A, 2), label (B, A))`` (a ``SupervisedEvaluator``'s output with
@@ -26,19 +24,13 @@ class AttributeAUROC(Metric):
         self.attribute = attribute
         super().__init__(output_transform=output_transform, device=device)
 
-    @reinit__is_reduced
-    def reset(self) -> None:
-        self._scores: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
-
-    @reinit__is_reduced
     def update(self, output: Sequence[torch.Tensor]) -> None:
         logits, labels = output
-        self._scores.append((logits[..., 1] - logits[..., 0]).detach().float().cpu())
-        self._labels.append(torch.as_tensor(labels).detach().reshape(logits.shape[:2]).cpu())
+        self.accumulate(scores=(logits[..., 1] - logits[..., 0]).float(),
+                        labels=torch.as_tensor(labels).reshape(logits.shape[:2]))
 
     def compute(self) -> float:
-        scores, labels = _gather(self._scores).numpy(), _gather(self._labels).numpy()
+        scores, labels = self.gathered("scores").numpy(), self.gathered("labels").numpy()
         heads = range(scores.shape[1]) if self.attribute is None else [self.attribute]
         values = []
         for a in heads:

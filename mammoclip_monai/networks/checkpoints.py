@@ -41,7 +41,9 @@ import torch
 from ..utils.errors import InvalidInputError
 from ..utils.input_files import require_file, unreadable
 from .encoders import EfficientNetBNImageEncoder, TextEncoder, fold_stem_weight
+from .factory import BIO_CLINICALBERT
 from .mammoclip import MammoCLIP, MammoCLIPConfig
+from .weights import describe_mismatch, state_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -142,30 +144,6 @@ def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torc
                                            "a weights file never contains", refused) from None
         raise InvalidInputError(path, f"not {what}: torch cannot read it as a checkpoint "
                                       f"({type(err).__name__})") from None
-
-
-def describe_mismatch(missing: list[str], unexpected: list[str], mis_shaped: list[str], limit: int = 5) -> str:
-    """``"2 missing key(s): a, b; 1 unexpected key(s): c; ..."``: the first ``limit`` keys of each kind."""
-    def first(keys: list[str]) -> str:
-        return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-    parts = [f"{len(missing)} missing key(s): {first(missing)}" if missing else "",
-             f"{len(unexpected)} unexpected key(s): {first(unexpected)}" if unexpected else "",
-             f"{len(mis_shaped)} shape mismatch(es) (file vs model): {first(mis_shaped)}" if mis_shaped else ""]
-    return "; ".join(p for p in parts if p)
-
-
-def state_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str:
-    """:func:`describe_mismatch` of a state dict against a model's, or ``""`` when it fits.
-
-    Values without a shape (extra state) are compared by presence only.
-    """
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mis_shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
-                  and tuple(state[k].shape) != tuple(v.shape)]
-    return describe_mismatch(missing, unexpected, mis_shaped)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -364,7 +342,6 @@ def load_original_mammoclip(path: str | os.PathLike, text_model: str | os.PathLi
         raise KeyError(f"original checkpoint lacks {PROJECTION_KEYS[0]!r}")
     embed_dim = int(state["image_projection.projection.weight"].shape[0])
 
-    from .factory import BIO_CLINICALBERT
 
     if text_model is not None:
         text_encoder = TextEncoder(os.fspath(text_model), pooling="eos", max_length=256, pretrained=False)

@@ -30,11 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import ORIGINAL_MEAN, ORIGINAL_STD, NormalizeMammogramd
 from ..utils.errors import InvalidInputError
 from ..utils.files import atomic_path, atomic_write_text
 from ..utils.input_files import describe_value, read_json_file
 from .encoders import POOLING_MODES, EfficientNetBNImageEncoder, ImageEncoder, TextEncoder
 from .heads import PROJECTION_KINDS, ProjectionHead
+from .weights import (
+    IMAGE_WEIGHT_SOURCES,
+    default_text_model_path,
+    describe_mismatch,
+    fallback_text_config,
+    fallback_tokenizer,
+    load_image_weights,
+)
 
 __all__ = ["MammoCLIPConfig", "MammoCLIP", "CONFIG_NAME", "WEIGHTS_NAME", "TEXT_DIR_NAME"]
 
@@ -46,8 +55,6 @@ IMAGE_BACKENDS = ("timm", "efficientnet_bn")
 
 def _original_normalization() -> dict[str, Any]:
     """The intensity standardisation the original checkpoints expect (data/transforms.py constants)."""
-    from ..data.transforms import ORIGINAL_MEAN, ORIGINAL_STD
-
     return {"mode": "fixed", "mean": ORIGINAL_MEAN, "std": ORIGINAL_STD}
 
 
@@ -121,8 +128,6 @@ class MammoCLIPConfig:
 
     def __post_init__(self) -> None:
         """Check every value once, here, so a bad config fails before minutes of model building."""
-        from .weights import IMAGE_WEIGHT_SOURCES
-
         self._choice("image_backend", IMAGE_BACKENDS)
         self._choice("text_pooling", POOLING_MODES)
         self._choice("projection", PROJECTION_KINDS)
@@ -154,8 +159,6 @@ class MammoCLIPConfig:
 
     def _check_normalization_and_bias(self) -> None:
         """The normalisation dict is read by every preprocessing chain: a bad one must fail here."""
-        from ..data.transforms import NormalizeMammogramd
-
         try:
             self.image_normalization = NormalizeMammogramd.validate_config(self.image_normalization, where=None)
         except ValueError as err:
@@ -268,21 +271,19 @@ def _build_text_encoder(config: MammoCLIPConfig, pretrained: bool, text_source: 
     ``text_source`` (a saved model's ``text_encoder/`` directory) wins over ``config.text_model`` and
     is always built without weights: they come from ``model.safetensors``.
     """
-    from . import weights
-
     common = dict(pooling=config.text_pooling, max_length=config.text_max_length,
                   gradient_checkpointing=config.text_grad_checkpointing)
     overrides = dict(config.text_config or {})
     if text_source is not None:
         return TextEncoder(text_source, pretrained=False, config_overrides=overrides, **common)
-    source = config.text_model if config.text_model is not None else weights.default_text_model_path()
+    source = config.text_model if config.text_model is not None else default_text_model_path()
     if source is not None:
         return TextEncoder(source, pretrained=pretrained, config_overrides=overrides, **common)
     from transformers import AutoModel
 
-    hf_config = weights.fallback_text_config(**overrides)
+    hf_config = fallback_text_config(**overrides)
     model = AutoModel.from_config(hf_config, add_pooling_layer=False)
-    return TextEncoder(model=model, tokenizer=weights.fallback_tokenizer(), **common)
+    return TextEncoder(model=model, tokenizer=fallback_tokenizer(), **common)
 
 
 class MammoCLIP(nn.Module):
@@ -302,8 +303,6 @@ class MammoCLIP(nn.Module):
     def __init__(self, config: MammoCLIPConfig | dict[str, Any] | None = None, pretrained: bool = False,
                  text_source: str | os.PathLike | None = None, text_encoder: TextEncoder | None = None) -> None:
         super().__init__()
-        from . import weights
-
         if config is None:
             config = MammoCLIPConfig()
         elif isinstance(config, dict):
@@ -314,7 +313,7 @@ class MammoCLIP(nn.Module):
                                                None if text_source is None else os.fspath(text_source))
         self.image_encoder = _build_image_encoder(config, pretrained)
         if pretrained:
-            weights.load_image_weights(self.image_encoder, config.image_weights)
+            load_image_weights(self.image_encoder, config.image_weights)
         self.text_encoder = text_encoder
         self.image_projection = ProjectionHead(self.image_encoder.feature_dim, config.embed_dim, config.projection,
                                                config.projection_hidden_dim, config.projection_dropout)
@@ -390,29 +389,6 @@ class MammoCLIP(nn.Module):
             out["text_features2"] = self.encode_text(input_ids2, attention_mask2, normalize=True)
         return out
 
-    # -- inference ----------------------------------------------------------------------------------
-
-    def predict(self, image: Any, prompts: dict[str, list[Any]] | None = None) -> Any:
-        """Zero-shot probabilities for a file (DICOM/PNG/...) or a preprocessed batch.
-
-        ``model.predict("x.dcm", prompts={"mass": ["no mass", "mass"]})`` -> ``{"mass": 0.83}``; without
-        ``prompts``, the packaged mass / calcification / density prompt sets. Prompt embeddings are
-        computed once per prompt dictionary (and again after the weights change or the model moves).
-        Runs on the model's current device; the train / eval mode of every submodule is as before the
-        call. For folders, CSVs and bad-file reports use :class:`mammoclip_monai.inference.Predictor`.
-        """
-        from ..inference.predictor import Predictor
-
-        modes = [(module, module.training) for module in self.modules()]
-        try:
-            predictor = self.__dict__.get("_predictor")
-            if predictor is None:  # kept out of _modules: not a submodule, not in the state dict
-                predictor = self.__dict__["_predictor"] = Predictor(self, device=next(self.parameters()).device)
-            return predictor.predict(image, prompts)
-        finally:
-            for module, training in modes:
-                module.training = training
-
     # -- persistence ------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
@@ -485,8 +461,6 @@ def _load_safetensors(model: nn.Module, path: Path) -> None:
     """Strictly load ``path`` into ``model``; a file that is not safetensors or does not fit is one clear error."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
-
-    from .checkpoints import describe_mismatch
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .encoders import EfficientNetBNImageEncoder, ImageEncoder, fold_stem_weight
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -123,7 +125,6 @@ def remap_state_dict_by_order(source: Mapping[str, torch.Tensor], target: Mappin
     their channel count; those are folded with
     :func:`~mammoclip_monai.networks.encoders.fold_stem_weight` before the shape check.
     """
-    from .encoders import fold_stem_weight
 
     fold = dict(fold or {})
     if len(source) != len(target):
@@ -151,7 +152,6 @@ def load_efficientnet_lite0_imagenet(encoder: Any, path: str | Path | None = Non
     encoder has none; the stem is folded when the encoder takes 1 channel. Returns ``False`` (after
     a warning, weights untouched) when the package is not installed and no ``path`` is given.
     """
-    from .encoders import ImageEncoder
 
     if not isinstance(encoder, ImageEncoder):
         raise TypeError(f"expected a timm ImageEncoder, got {type(encoder).__name__}")
@@ -182,7 +182,6 @@ def load_lukemelas_imagenet(encoder: Any, progress: bool = False) -> None:
     """
     from monai.networks.nets.efficientnet import url_map
 
-    from .encoders import EfficientNetBNImageEncoder
 
     if not isinstance(encoder, EfficientNetBNImageEncoder):
         raise TypeError(f"expected an EfficientNetBNImageEncoder, got {type(encoder).__name__}")
@@ -209,3 +208,27 @@ def load_image_weights(encoder: Any, source: str | None) -> bool:
         load_lukemelas_imagenet(encoder)
         return True
     raise ValueError(f"image_weights must be one of {IMAGE_WEIGHT_SOURCES}, got {source!r}")
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], mis_shaped: list[str], limit: int = 5) -> str:
+    """``"2 missing key(s): a, b; 1 unexpected key(s): c; ..."``: the first ``limit`` keys of each kind."""
+    def first(keys: list[str]) -> str:
+        return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+    parts = [f"{len(missing)} missing key(s): {first(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected key(s): {first(unexpected)}" if unexpected else "",
+             f"{len(mis_shaped)} shape mismatch(es) (file vs model): {first(mis_shaped)}" if mis_shaped else ""]
+    return "; ".join(p for p in parts if p)
+
+
+def state_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    """:func:`describe_mismatch` of a state dict against a model's, or ``""`` when it fits.
+
+    Values without a shape (extra state) are compared by presence only.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mis_shaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor)
+                  and tuple(state[k].shape) != tuple(v.shape)]
+    return describe_mismatch(missing, unexpected, mis_shaped)

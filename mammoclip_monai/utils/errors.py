@@ -2,7 +2,7 @@
 
 Two kinds of bad input, two exception types, one message shape (``"<file>: <reason>"``):
 
-- :class:`~mammoclip_monai.data.reader.MammogramReadError`: one image cannot be read. Per-input:
+- :class:`MammogramReadError`: one image cannot be read. Per-input:
   a batch reports it and goes on.
 - :class:`InvalidInputError`: a file that configures a run (prompt file, model directory, FActOR
   weights, a datalist CSV) is not what it must be. The run cannot start; the message names the
@@ -23,7 +23,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-__all__ = ["InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "as_flag", "EXIT_OK",
+__all__ = ["MammogramReadError", "read_error", "NOT_SUPPORTED", "DEFAULT_MAX_PIXELS", "InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "as_flag", "EXIT_OK",
            "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL", "user_error", "exit_code", "one_line",
            "brief_errors", "format_traceback"]
 
@@ -36,6 +36,47 @@ EXIT_USAGE = 2
 prompt / model / FActOR / CSV file."""
 EXIT_INTERNAL = 3
 """An unexpected error (a bug): one line, and the traceback with ``--verbose``."""
+
+
+# -- reading one image ---------------------------------------------------------------------------
+
+DEFAULT_MAX_PIXELS = 2**26
+"""Default ``max_pixels``: 8192 x 8192 = 67,108,864 pixels. The largest real mammograms are well
+inside (Fujifilm Amulet 4728 x 5928 = 28.0 M, digitised DDSM film up to about 7000 x 5000 = 35 M,
+Hologic 3328 x 4096 = 13.6 M), and an image at the cap needs 256 MiB as float32, so a bad header
+cannot make one read ask for gigabytes. Raise it per call for larger digitised film."""
+
+NOT_SUPPORTED = "not a DICOM or supported image file"
+"""The reason given for any file that is neither DICOM nor a PNG/JPEG/TIFF image."""
+
+
+class MammogramReadError(ValueError):
+    """A mammogram could not be read: names the file and the reason, never a header value.
+
+    ``str(err) == f"{path}: {reason}"``. Subclasses ``ValueError`` so callers that already catch
+    bad values keep working.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = os.fsdecode(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep the two-argument constructor working across processes (DataLoader workers).
+        return (type(self), (self.path, self.reason))
+
+
+def read_error(err: BaseException) -> MammogramReadError | None:
+    """The reader's error behind ``err`` (MONAI wraps a transform's exception in a ``RuntimeError``), or ``None``."""
+    seen: set[int] = set()
+    while err is not None and not isinstance(err, MammogramReadError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err if isinstance(err, MammogramReadError) else None
+
+
+# -- configuring files and usage ------------------------------------------------------------------
 
 
 class InvalidInputError(ValueError):
@@ -101,14 +142,10 @@ def _chain(err: BaseException) -> list[BaseException]:
 def user_error(err: BaseException) -> BaseException | None:
     """The error behind ``err`` that describes a bad input or a usage mistake, or ``None`` for a bug.
 
-    MammogramReadError and InvalidInputError are recognised by their ``reason`` and ``path`` attributes
-    (so this module needs no import from ``data``).
     """
     for item in _chain(err):
-        if isinstance(item, (InvalidInputError, UsageError, InputsFailedError)):
+        if isinstance(item, (MammogramReadError, InvalidInputError, UsageError, InputsFailedError)):
             return item
-        if isinstance(item, ValueError) and hasattr(item, "reason") and hasattr(item, "path"):
-            return item  # MammogramReadError
     return None
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ...version import __version__
 from .dicom_writer import DicomUIDs, ImageEncoding, PatientIdentity, make_uid, write_mammogram, write_mask
 from .phantom import BreastAnatomy, LesionSpec, RenderedImage, render_image, sample_anatomy, sample_lesion
 from .reports import make_report
@@ -482,8 +483,6 @@ def _write_csv(path: Path, columns: list[str], rows: Iterable[dict[str, str]]) -
 
 def _summary(params: dict[str, Any], rows: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
     """dataset.json content: parameters, versions and counts (no identifiers, no timestamps)."""
-    from mammoclip_monai import __version__
-
     breasts = rows["image_text.csv"][::2]  # CC row of each breast (CC and MLO share the labels)
     truth = rows["truth.csv"]
     counts = {
