@@ -29,7 +29,7 @@ def main() -> None:
     args = parser.parse_args()
 
     workflow = ConfigWorkflow(config_file=["bundle/configs/train.json", "bundle/configs/linear_probe.json"],
-                              workflow_type="train", run_id="training", **{"network_def#pretrained": True})
+                              workflow_type="train", run_id="training", **{"network_def#init_towers": True})
     parser_ = workflow.parser
     network = parser_.get_parsed_content("network")
     items = parser_.get_parsed_content("probe#train_items")

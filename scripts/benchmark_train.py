@@ -47,7 +47,7 @@ def build_workflow(args: argparse.Namespace, out: Path):
         "ckpt_dir": str(out / "models"), "output_dir": str(out / "logs"), "max_epochs": 1,
         "batch_size": args.batch_size, "image_size": list(args.image_size), "preset": args.preset,
         "amp": args.amp, "num_workers": args.workers, "augment_on_device": args.augment_on_device,
-        "network_def#pretrained": args.preset == "tiny",
+        "network_def#init_towers": args.preset == "tiny",
         # enough batches for the timing window, and tiny validation/test sets (outside the window)
         "train#datalist": f"$@train#datalist_full[:{(args.iterations + 1) * args.batch_size}]",
         "train#datalist_full": "$mammoclip_monai.data.datalists.group_views(@train#datalist_by_image) "

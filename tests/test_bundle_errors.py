@@ -21,7 +21,7 @@ SIZE = (96, 64)
 def checkpoint(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle_errors")
     torch.manual_seed(0)
-    torch.save(create_model("tiny", pretrained=False, image_size=SIZE).state_dict(), root / "model.pt")
+    torch.save(create_model("tiny", init_towers=False, image_size=SIZE).state_dict(), root / "model.pt")
     return root / "model.pt"
 
 

@@ -48,7 +48,7 @@ def assert_one_line_error(code: int, err: str, expected_code: int, *needles: str
 def model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli_model")
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=SIZE).eval()
+    model = create_model("tiny", init_towers=False, image_size=SIZE).eval()
     model.save_pretrained(root / "pretrained")
     layer = "model.blocks.5"
     fmap = FeatureMapExtractor(model.image_encoder, layer)(torch.zeros(1, 1, *SIZE))

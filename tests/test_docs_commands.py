@@ -134,7 +134,7 @@ def checkout(synthetic_dataset, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("checkout")
     shutil.copytree(REPO / "bundle" / "configs", root / "bundle" / "configs")
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=INFERENCE_SIZE).eval()
+    model = create_model("tiny", init_towers=False, image_size=INFERENCE_SIZE).eval()
     models = root / "bundle" / "models"
     models.mkdir()
     torch.save(model.state_dict(), models / "model.pt")

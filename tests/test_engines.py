@@ -104,7 +104,7 @@ def test_class_indices_map_prompt_values_and_mark_others_unknown():
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return create_model("tiny", pretrained=False, text_config={"num_hidden_layers": 1, "hidden_size": 32,
+    return create_model("tiny", init_towers=False, text_config={"num_hidden_layers": 1, "hidden_size": 32,
                                                               "num_attention_heads": 2, "intermediate_size": 64})
 
 
@@ -133,7 +133,7 @@ def make_trainer(model, data, **kwargs):
 
 
 def test_trainer_reduces_loss_on_a_fixed_batch(tiny_model):
-    model = create_model("tiny", pretrained=False, text_config={"num_hidden_layers": 1, "hidden_size": 32,
+    model = create_model("tiny", init_towers=False, text_config={"num_hidden_layers": 1, "hidden_size": 32,
                                                                "num_attention_heads": 2, "intermediate_size": 64})
     data = batches(1) * 15
     losses = []
@@ -174,7 +174,7 @@ def test_single_view_losses_train_on_batches_with_a_second_view_and_text(loss):
     """``--multiview false``: the data still carries text2 (and may carry image2); the network encodes
     only what the loss consumes, so CLIP and SigLIP take the batch without a TypeError."""
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, text_config=TINY_TEXT,
+    model = create_model("tiny", init_towers=False, text_config=TINY_TEXT,
                          logit_bias_init=-10.0 if isinstance(loss, SigLipLoss) else None)
     seen = []
     original_forward = model.forward
@@ -188,11 +188,11 @@ def test_single_view_losses_train_on_batches_with_a_second_view_and_text(loss):
 
 def test_siglip_trains_the_models_logit_bias_and_needs_one():
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, text_config=TINY_TEXT, logit_bias_init=-10.0)
+    model = create_model("tiny", init_towers=False, text_config=TINY_TEXT, logit_bias_init=-10.0)
     trainer = make_trainer(model, batches(2), loss=SigLipLoss())  # the optimiser gets model.parameters()
     trainer.run()
     assert model.logit_bias.item() != -10.0 and trainer.state.output["logit_bias"] == model.logit_bias.detach()
-    plain = create_model("tiny", pretrained=False, text_config=TINY_TEXT)
+    plain = create_model("tiny", init_towers=False, text_config=TINY_TEXT)
     with pytest.raises(ValueError, match="logit_bias_init"):
         make_trainer(plain, batches(1), loss=SigLipLoss())
     with pytest.warns(UserWarning, match="ClipLoss does not take one"):  # the bias would never train
@@ -208,7 +208,7 @@ def test_gradient_accumulation_steps_every_k(tiny_model):
 
 
 def test_nan_loss_stops_training_with_a_clear_error(tiny_model, tmp_path):
-    model = create_model("tiny", pretrained=False, text_config={"num_hidden_layers": 1, "hidden_size": 32,
+    model = create_model("tiny", init_towers=False, text_config={"num_hidden_layers": 1, "hidden_size": 32,
                                                                "num_attention_heads": 2, "intermediate_size": 64})
     saver = AtomicCheckpointSaver(tmp_path, {"model": model}, mode="last", engine_key="trainer")
     trainer = make_trainer(model, batches(2), max_epochs=2)

@@ -28,7 +28,7 @@ def tiny_text_config() -> dict:
 def checkpoint(tmp_path_factory) -> Path:
     """A default-preset checkpoint (random weights: the test checks the plumbing, not the model)."""
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=(96, 64))
+    model = create_model("tiny", init_towers=False, image_size=(96, 64))
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     torch.save(model.state_dict(), path)
     return path
@@ -66,8 +66,8 @@ def test_evaluate_command_writes_metrics_predictions_and_plots(synthetic_dataset
 
 
 def test_checkpoint_of_another_preset_is_a_clear_error(tmp_path):
-    small = create_model("tiny", pretrained=False, text_config=tiny_text_config())
-    other = create_model("tiny", pretrained=False, text_config=tiny_text_config(), embed_dim=256)
+    small = create_model("tiny", init_towers=False, text_config=tiny_text_config())
+    other = create_model("tiny", init_towers=False, text_config=tiny_text_config(), embed_dim=256)
     path = tmp_path / "other.pt"
     torch.save(other.state_dict(), path)
     with pytest.raises(ValueError, match=r"other\.pt: does not fit this model.*shape mismatch.*image_projection"):

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     """A tiny MammoCLIP with random (seeded) weights standing in for a trained one: ``model.pt`` + ``pretrained/``."""
     root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=FULL_SIZE).eval()
+    model = create_model("tiny", init_towers=False, image_size=FULL_SIZE).eval()
     torch.save(model.state_dict(), root / "model.pt")
     model.save_pretrained(root / "pretrained")
     return root, model
@@ -52,7 +52,7 @@ def images(synthetic_dataset, tmp_path_factory):
 def test_zero_shot_classifier_loads_the_training_checkpoint_and_matches_the_evaluation_rule(trained):
     root, model = trained
     torch.manual_seed(1)
-    other = create_model("tiny", pretrained=False, image_size=FULL_SIZE).eval()  # different weights everywhere
+    other = create_model("tiny", init_towers=False, image_size=FULL_SIZE).eval()  # different weights everywhere
     classifier = ZeroShotClassifier(other).eval()
     image = torch.randn(2, 1, *FULL_SIZE)
     before = classifier(image)
@@ -178,7 +178,7 @@ def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path
     # prompt embeddings are cached, and recomputed once the text tower's weights change in place
     cached = predictor.classifier()
     assert predictor.classifier() is cached
-    tuned = create_model("tiny", pretrained=False, image_size=FULL_SIZE).eval()
+    tuned = create_model("tiny", init_towers=False, image_size=FULL_SIZE).eval()
     predictor = Predictor(tuned)
     before = predictor.classifier().class_embeddings.clone()
     with torch.no_grad():
@@ -233,8 +233,8 @@ def test_predictor_normalises_as_the_model_config_says(images):
 
     path = sorted(images.glob("*.dicom"))[0]
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=SMALL, image_normalization=BREAST).eval()
-    fixed = create_model("tiny", pretrained=False, image_size=SMALL).eval()
+    model = create_model("tiny", init_towers=False, image_size=SMALL, image_normalization=BREAST).eval()
+    fixed = create_model("tiny", init_towers=False, image_size=SMALL).eval()
     fixed.load_state_dict(model.state_dict())  # the same weights, only the config's normalisation differs
     prompts = {"mass": ["no mass", "mass"]}
     by_hand = _breast_normalised_by_hand(path)[None]
@@ -258,7 +258,7 @@ def test_explainer_and_bundle_inference_take_the_normalisation_from_the_model(im
     from mammoclip_monai.interpret.explain import Explainer
 
     path = sorted(images.glob("*.dicom"))[0]
-    model = create_model("tiny", pretrained=False, image_size=SMALL, image_normalization=BREAST).eval()
+    model = create_model("tiny", init_towers=False, image_size=SMALL, image_normalization=BREAST).eval()
     factor = FActOR(["mass"], (4, 3), model.config.embed_dim, channels=1280)
     explainer = Explainer(model, factor, device="cpu")
     torch.testing.assert_close(explainer.preprocessing({"image": str(path)})["image"].as_tensor(),
@@ -273,9 +273,9 @@ def test_explainer_and_bundle_inference_take_the_normalisation_from_the_model(im
 
 def test_siglip_checkpoint_loads_into_the_zero_shot_classifier_and_the_export_records_the_normalisation(tmp_path):
     torch.manual_seed(0)
-    siglip = create_model("tiny", pretrained=False, image_size=SMALL, logit_bias_init=-10.0,
+    siglip = create_model("tiny", init_towers=False, image_size=SMALL, logit_bias_init=-10.0,
                           image_normalization=BREAST).eval()
-    classifier = ZeroShotClassifier(create_model("tiny", pretrained=False, image_size=SMALL,
+    classifier = ZeroShotClassifier(create_model("tiny", init_towers=False, image_size=SMALL,
                                                  image_normalization=BREAST)).eval()
     classifier.load_state_dict(siglip.state_dict(), strict=True)  # the training-only bias is dropped
     # re-embedding the prompts on load ran the held (train-mode) model: the shared image tower stays in eval

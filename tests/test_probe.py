@@ -32,7 +32,7 @@ CONFIGS = "['bundle/configs/train.json','bundle/configs/linear_probe.json']"
 @pytest.fixture(scope="module")
 def encoder():
     torch.manual_seed(0)
-    return create_model("tiny", pretrained=False, image_size=(96, 64)).image_encoder
+    return create_model("tiny", init_towers=False, image_size=(96, 64)).image_encoder
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -151,7 +151,7 @@ def test_classification_report_metric_matches_the_function():
 
 def test_linear_probe_command(synthetic_dataset, tmp_path):
     torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False, image_size=(96, 64))
+    model = create_model("tiny", init_towers=False, image_size=(96, 64))
     (tmp_path / "models").mkdir()
     torch.save(model.state_dict(), tmp_path / "models" / "model.pt")
     before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
@@ -182,7 +182,7 @@ def test_linear_probe_command(synthetic_dataset, tmp_path):
 def test_data_efficiency_command(synthetic_dataset, tmp_path):
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
-    torch.save(create_model("tiny", pretrained=False, image_size=(96, 64)).state_dict(), tmp_path / "models" / "model.pt")
+    torch.save(create_model("tiny", init_towers=False, image_size=(96, 64)).state_dict(), tmp_path / "models" / "model.pt")
     out = tmp_path / "efficiency"
     overrides = [f"dataset_dir={synthetic_dataset}", f"ckpt_dir={tmp_path / 'models'}", f"output_dir={tmp_path / 'logs'}",
                  "image_size=[96, 64]", "probe_epochs=2"]
@@ -228,7 +228,7 @@ def test_probe_features_for_every_dataset_schema(synthetic_dataset, tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     rsna = dl.rsna_datalist(tmp_path / "train.csv")
-    encoder = create_model("tiny", pretrained=False, image_size=(64, 48)).image_encoder
+    encoder = create_model("tiny", init_towers=False, image_size=(64, 48)).image_encoder
     chain = preprocessing(spatial_size=(64, 48))
     for items, label in ((vindr, "mass"), (cbis, "calcification"), (rsna, "cancer")):
         split = dl.with_validation(items, 0.2, seed=0)

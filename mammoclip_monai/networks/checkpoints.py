@@ -41,8 +41,8 @@ import torch
 from ..utils.errors import InvalidInputError
 from ..utils.input_files import require_file, unreadable
 from .encoders import EfficientNetBNImageEncoder, TextEncoder, fold_stem_weight
-from .factory import BIO_CLINICALBERT
 from .mammoclip import MammoCLIP, MammoCLIPConfig
+from .presets import BIO_CLINICALBERT
 from .weights import describe_mismatch, state_mismatch
 
 logger = logging.getLogger(__name__)
@@ -50,10 +50,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "load_original_mammoclip",
     "read_checkpoint",
+    "model_state",
     "detect_efficientnet_variant",
     "infer_bert_config",
     "convert_original_state_dict",
     "load_weights",
+    "load_state",
+    "is_original_state",
+    "original_from_checkpoint",
     "read_torch_file",
     "describe_mismatch",
     "state_mismatch",
@@ -170,7 +174,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(str(path), map_location=map_location, weights_only=False)
 
 
-def _model_state(checkpoint: Any) -> dict[str, torch.Tensor]:
+def model_state(checkpoint: Any) -> dict[str, torch.Tensor]:
     """The ``model`` entry of a training checkpoint (or the checkpoint itself if it is a state dict)."""
     if isinstance(checkpoint, Mapping) and "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         state = dict(checkpoint["model"])
@@ -335,13 +339,24 @@ def load_original_mammoclip(path: str | os.PathLike, text_model: str | os.PathLi
     original constants (``NormalizeMammogramd(mode="fixed")``), reports tokenised to <= 256 tokens.
     """
     checkpoint = read_checkpoint(path, map_location="cpu", trusted=trusted)
-    state = _model_state(checkpoint)
+    return original_from_checkpoint(checkpoint, path, text_model=text_model, map_location=map_location,
+                                    in_chans=in_chans)
+
+
+def is_original_state(state: Mapping[str, Any]) -> bool:
+    """Whether a state dict has the original Mammo-CLIP layout (lukemelas EfficientNet names)."""
+    return f"{IMAGE_PREFIX}_conv_stem.weight" in state
+
+
+def original_from_checkpoint(checkpoint: Any, path: str | os.PathLike, text_model: str | os.PathLike | None = None,
+                             map_location: str | torch.device = "cpu", in_chans: int = 1) -> MammoCLIP:
+    """:func:`load_original_mammoclip` of an already read checkpoint (``path`` names it in messages)."""
+    state = model_state(checkpoint)
     image_state = {k[len(IMAGE_PREFIX):]: v for k, v in state.items() if k.startswith(IMAGE_PREFIX)}
     variant = detect_efficientnet_variant(image_state)
     if PROJECTION_KEYS[0] not in state:
         raise KeyError(f"original checkpoint lacks {PROJECTION_KEYS[0]!r}")
     embed_dim = int(state["image_projection.projection.weight"].shape[0])
-
 
     if text_model is not None:
         text_encoder = TextEncoder(os.fspath(text_model), pooling="eos", max_length=256, pretrained=False)
@@ -368,7 +383,7 @@ def load_original_mammoclip(path: str | os.PathLike, text_model: str | os.PathLi
         text_model=os.fspath(text_model) if text_model is not None else BIO_CLINICALBERT,
         text_pooling="eos", text_max_length=256, embed_dim=embed_dim, projection="linear",
     )
-    model = MammoCLIP(config, pretrained=False, text_encoder=text_encoder)
+    model = MammoCLIP(config, init_towers=False, text_encoder=text_encoder)
     model.load_state_dict(convert_original_state_dict(state, model), strict=True)
     epoch = checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
     logger.info("imported original Mammo-CLIP %s checkpoint %s (epoch %s)", variant, path, epoch)
@@ -387,11 +402,20 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, map_location: 
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     state = read_torch_file(path, "a model checkpoint (a state dict, e.g. models/model.pt)", map_location)
+    load_state(model, state, path)
+
+
+def load_state(model: torch.nn.Module, checkpoint: Any, path: str | os.PathLike) -> None:
+    """Strictly load an already read state-dict checkpoint (or ``{"model": state dict}``) into ``model``;
+    ``path`` names the file in the error that lists the first mismatched keys."""
+    state = checkpoint
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise InvalidInputError(path, f"not a state-dict checkpoint: it holds {type(state).__name__}, expected a "
                                       "dict of tensors (or {'model': state dict})")
+    if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
     target = getattr(model, "module", model)
     mismatch = state_mismatch(target.state_dict(), state)
     if mismatch:

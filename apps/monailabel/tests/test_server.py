@@ -120,7 +120,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bundle = tmp_path_factory.mktemp("bundle")
     shutil.copytree(REPO / "bundle" / "configs", bundle / "configs")
     config = json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))
-    model = create_model(config["preset"], pretrained=True, image_size=tuple(config["image_size"]))
+    model = create_model(config["preset"], init_towers=True, image_size=tuple(config["image_size"]))
     (bundle / "models").mkdir()
     torch.save(model.state_dict(), bundle / "models" / "model.pt")
     return bundle
