@@ -240,14 +240,15 @@ def cmd_embed(args: argparse.Namespace, session: Session) -> int:
 
 
 def cmd_export(args: argparse.Namespace, session: Session) -> int:
-    """The text tower as traced TorchScript (+ tokenizer) and the image tower as ONNX, with parity figures."""
+    """The text tower as traced TorchScript (+ tokenizer), the image tower as ONNX, and torch.export programs
+    (``image_tower.pt2``, ``zero_shot.pt2``, ``text_tower.pt2``), with parity figures."""
     from .export import export_towers
     from .networks import MammoCLIP
 
     model = MammoCLIP.from_pretrained(args.model)
     chatter = io.StringIO()  # the ONNX exporter prints its progress; keep it for --verbose
     with contextlib.redirect_stdout(chatter if not session.verbose else sys.stdout):
-        summary = export_towers(model, args.out, onnx=not args.no_onnx)
+        summary = export_towers(model, args.out, onnx=not args.no_onnx, pt2=not args.no_pt2)
     for name, entry in summary.items():
         if isinstance(entry, dict) and "file" in entry:
             session.say(f"{name}: {Path(args.out) / entry['file']} "
@@ -345,10 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
         p.set_defaults(func=cmd_predict if name == "predict" else cmd_embed)
 
-    p = add("export", "text tower -> TorchScript (traced), image tower -> ONNX, with parity checks")
+    p = add("export", "text tower -> TorchScript (traced), image tower -> ONNX, image tower, zero-shot "
+                      "classifier and text tower -> torch.export .pt2, with parity checks")
     p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
     p.add_argument("--out", default="bundle/models/export", help="output folder")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX (it needs the onnx extra)")
+    p.add_argument("--no-pt2", action="store_true", help="skip the torch.export .pt2 programs")
     p.set_defaults(func=cmd_export)
     return parser
 

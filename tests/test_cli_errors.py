@@ -244,7 +244,10 @@ def test_export_is_short_and_quiet_is_silent(model_dir, tmp_path):
                            str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
     assert loud.returncode == 0, loud.stderr[-2000:]
     lines = (loud.stdout + loud.stderr).splitlines()
-    assert len(lines) == 3 and lines[-1].startswith(f"exported to {tmp_path / 'a'}"), lines[:10]
+    summary = json.loads((tmp_path / "a" / "export.json").read_text())
+    files = [entry for entry in summary.values() if isinstance(entry, dict) and "file" in entry]
+    assert len(files) == 5  # three .pt2 programs, the traced text tower, the ONNX image tower
+    assert len(lines) == len(files) + 1 and lines[-1].startswith(f"exported to {tmp_path / 'a'}"), lines[:10]
     quiet = subprocess.run([*mammoclip(), "export", "-q", "--model", str(model_dir / "pretrained"), "--out",
                             str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
     assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
