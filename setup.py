@@ -1,14 +1,16 @@
 """Installable package for MammoCLIP-MONAI (library `mammoclip_monai` plus the bundle configs)."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "mammoclip_monai" / "version.py").read_text()).group(1)
 
 setup(
     name="mammoclip-monai",
-    version="0.1.0",
+    version=VERSION,
     description="Mammo-CLIP, the vision-language foundation model for mammography, as a MONAI bundle and library",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -45,7 +47,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "efficientnet_pytorch", "onnx", "onnxscript", "onnxruntime",
+        "dev": ["pytest", "pytest-timeout", "ruff", "efficientnet_pytorch", "onnx", "onnxscript", "onnxruntime",
                 "python-gdcm"],
         # GDCM: the JPEG lossless encoder of the synthetic writer, and a decoder used only when named
         # (decoder="gdcm"; it can abort the process on a corrupt codestream: docs/data_formats.md)

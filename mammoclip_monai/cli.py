@@ -180,10 +180,10 @@ def cmd_data_efficiency(args: argparse.Namespace, session: Session) -> int:
 def cmd_explain(args: argparse.Namespace, session: Session) -> int:
     """FActOR probabilities, heatmaps, boxes and overlays; unreadable files are reported, the rest processed."""
     from .interpret.explain import Explainer
-    from .networks import MammoCLIP
+    from .networks.pretrained import load_pretrained
 
     items = _datalist(args.inputs)
-    model = MammoCLIP.from_pretrained(args.model)
+    model = load_pretrained(args.model)
     explainer = Explainer(model, args.factor, layer=args.layer, top_k=args.top_k, threshold=args.threshold,
                           allow_any_modality=args.any_modality)
     summary = explainer.explain([item["image"] for item in items], args.out, overlays=not args.no_overlays,
@@ -243,9 +243,9 @@ def cmd_export(args: argparse.Namespace, session: Session) -> int:
     """The text tower as traced TorchScript (+ tokenizer), the image tower as ONNX, and torch.export programs
     (``image_tower.pt2``, ``zero_shot.pt2``, ``text_tower.pt2``), with parity figures."""
     from .export import export_towers
-    from .networks import MammoCLIP
+    from .networks.pretrained import load_pretrained
 
-    model = MammoCLIP.from_pretrained(args.model)
+    model = load_pretrained(args.model)
     chatter = io.StringIO()  # the ONNX exporter prints its progress; keep it for --verbose
     with contextlib.redirect_stdout(chatter if not session.verbose else sys.stdout):
         summary = export_towers(model, args.out, onnx=not args.no_onnx, pt2=not args.no_pt2)
@@ -258,6 +258,10 @@ def cmd_export(args: argparse.Namespace, session: Session) -> int:
 
 
 # ----------------------------------------------------------------------------- entry point
+MODEL_HELP = ("trained weights: a save_pretrained folder (default), a bundle checkpoint (model.pt with its run.json) "
+              "or an original Mammo-CLIP .tar")
+
+
 def _common() -> argparse.ArgumentParser:
     """``-v`` / ``-q`` accepted before or after the sub-command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -322,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("explain", "Mammo-FActOR probabilities, heatmaps, boxes and overlays for files or folders")
     p.add_argument("inputs", nargs="+", help=inputs_help)
-    p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
+    p.add_argument("--model", default="bundle/models/pretrained", help=MODEL_HELP)
     p.add_argument("--factor", default="bundle/eval/factor/factor.pt", help="FActOR weights (factor.json writes them)")
     p.add_argument("--out", default="explanations", help="output folder")
     p.add_argument("--layer", default=None, help="encoder layer FActOR was trained on (default: the one stored in "
@@ -337,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                             ("embed", "image embeddings -> embeddings.npy + index.csv")):
         p = add(name, help_text)
         p.add_argument("inputs", nargs="+", help=inputs_help)
-        p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
+        p.add_argument("--model", default="bundle/models/pretrained", help=MODEL_HELP)
         if name == "predict":
             p.add_argument("--prompts", default=None,
                            help='JSON file {"mass": ["no mass", "mass"], ...} (default: mass, calcification, density)')
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", "text tower -> TorchScript (traced), image tower -> ONNX, image tower, zero-shot "
                       "classifier and text tower -> torch.export .pt2, with parity checks")
-    p.add_argument("--model", default="bundle/models/pretrained", help="a saved MammoCLIP (from_pretrained folder)")
+    p.add_argument("--model", default="bundle/models/pretrained", help=MODEL_HELP)
     p.add_argument("--out", default="bundle/models/export", help="output folder")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX (it needs the onnx extra)")
     p.add_argument("--no-pt2", action="store_true", help="skip the torch.export .pt2 programs")

@@ -385,7 +385,7 @@ def test_no_header_identifier_in_outputs(dataset: Path) -> None:
         ident = case.identity
         family_given = "^".join(ident.name.split("^")[:2])
         secrets = [ident.name, family_given, ident.patient_id, ident.patient_id[4:], ident.birth_date,
-                   ident.accession, ident.accession[3:]]  # fmt: skip
+                   ident.accession, ident.accession[3:]]
         for secret in secrets:
             assert secret not in blob, "header identifier leaked into a CSV/JSON output"
         assert case.patient_id in blob and case.patient_id != ident.patient_id

@@ -229,7 +229,8 @@ class ResumeHandler:
 
 
 # ----------------------------------------------------------------------------- reporting
-def _scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The JSON-writable part of an engine's metrics: one-element tensors as numbers, dicts and others dropped."""
     out = {}
     for name, value in metrics.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -258,7 +259,7 @@ class MetricsJSONWriter:
 
     def __call__(self, engine: Engine) -> None:
         epoch = engine.state.epoch
-        entry = {"epoch": epoch, **_scalar_metrics(engine.state.metrics)}
+        entry = {"epoch": epoch, **scalar_metrics(engine.state.metrics)}
         history = [e for e in self.data["history"] if e["epoch"] != epoch] + [entry]
         self.data["history"] = history
         if self.key_metric_name:
@@ -269,7 +270,7 @@ class MetricsJSONWriter:
         self.write()
 
     def add_section(self, name: str, values: Mapping[str, Any]) -> None:
-        self.data[name] = _scalar_metrics(values) if isinstance(values, Mapping) else values
+        self.data[name] = scalar_metrics(values) if isinstance(values, Mapping) else values
         self.write()
 
     def write(self) -> None:
@@ -372,7 +373,7 @@ class FinalTestHandler:
         if self.pretrained_dir is not None and hasattr(model, "save_pretrained"):  # rank 0 only: None elsewhere
             model.save_pretrained(self.pretrained_dir)
         self.evaluator.run()
-        metrics = _scalar_metrics(self.evaluator.state.metrics)
+        metrics = scalar_metrics(self.evaluator.state.metrics)
         logger.info("test metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if self.metrics_writer is not None:
             self.metrics_writer.add_section(self.section, metrics)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..engines.handlers import _scalar_metrics
+from ..engines.handlers import scalar_metrics
 from ..utils.files import atomic_path, atomic_write_text
 from .metrics import classification_metrics, metric_name
 from .plots import plot_confusion_matrix, plot_roc_curves
@@ -121,7 +121,7 @@ class ZeroShotReport:
         if binary_curves:
             plot_roc_curves(binary_curves, self.output_dir / "roc_binary.png", title="zero-shot, binary tasks")
         self.results = {**self.extra, "n_images": len(self._paths), "tasks": tasks,
-                        "evaluator_metrics": _scalar_metrics(engine.state.metrics)}
+                        "evaluator_metrics": scalar_metrics(engine.state.metrics)}
         atomic_write_text(json.dumps(self.results, indent=2, allow_nan=True) + "\n", self.output_dir / "metrics.json")
         self._write_csv(columns)
         if self.writer is not None:

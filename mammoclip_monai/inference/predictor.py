@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data.pipelines import preprocessing
-from ..networks.mammoclip import MammoCLIP
+from ..networks.pretrained import load_pretrained
 from ..networks.zero_shot import TEXT_PREFIXES, ZeroShotClassifier
 from .data import ImageDataset, collate_readable, inference_datalist, read_error
 from .writer import batch_identity, batch_rows
@@ -65,9 +65,11 @@ class Predictor:
         return next(self.model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> Predictor:
-        """A predictor over ``MammoCLIP.from_pretrained(directory)`` (e.g. ``bundle/models/pretrained``)."""
-        return cls(MammoCLIP.from_pretrained(directory), **kwargs)
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
+        """A predictor over the trained weights at ``path``: a ``save_pretrained`` directory (e.g.
+        ``bundle/models/pretrained``), a bundle checkpoint or an original Mammo-CLIP ``.tar``
+        (:func:`~mammoclip_monai.networks.pretrained.load_pretrained`)."""
+        return cls(load_pretrained(path), **kwargs)
 
     def classifier(self, prompts: Prompts | None = None) -> ZeroShotClassifier:
         """The single-input classifier for ``prompts`` on the model's device (embedded once and cached until

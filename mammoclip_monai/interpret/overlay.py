@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.transforms import LoadMammogram
+
 __all__ = ["load_original", "save_overlay", "save_comparison_overlay"]
 
 
 def load_original(path: str | os.PathLike, allow_any_modality: bool = False) -> np.ndarray:
     """The image as the project's reader returns it, before any crop, flip or resize: ``(H, W)`` float."""
-    from ..data.transforms import LoadMammogram
-
     image = LoadMammogram(allow_any_modality=allow_any_modality)(str(path))
     return np.asarray(torch.as_tensor(image)[0].float().numpy())
 

@@ -151,7 +151,7 @@ def read_torch_file(path: str | os.PathLike, what: str, map_location: str | torc
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    trusted: bool = False) -> Any:
+                    trusted: bool = False, what: str = "a Mammo-CLIP checkpoint (.tar)") -> Any:
     """``torch.load`` with ``weights_only=True`` plus an allow-list of harmless classes.
 
     A file that needs other classes (e.g. an OmegaConf config) raises, naming the class, unless
@@ -159,7 +159,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     arbitrary code and is only acceptable for files from a source you trust.
     """
     try:
-        return read_torch_file(path, "a Mammo-CLIP checkpoint (.tar)", map_location, allowed=_harmless_globals())
+        return read_torch_file(path, what, map_location, allowed=_harmless_globals())
     except RefusedPickleError as err:
         refused = err.refused
         if not trusted:

@@ -34,6 +34,8 @@ from .presets import get_preset, is_preset, list_models
 
 __all__ = ["checkpoint_layout", "load_pretrained", "RUN_RECORD"]
 
+WHAT = "trained MammoCLIP weights (a bundle checkpoint such as model.pt, or an original Mammo-CLIP .tar)"
+
 RUN_RECORD = "run.json"
 """What the bundle writes beside its checkpoints (``engines.runs``): the run's preset and image size."""
 
@@ -51,7 +53,7 @@ def checkpoint_layout(path: str | os.PathLike, checkpoint: Any = None) -> str:
                                       "(expected a save_pretrained directory, a bundle checkpoint or an original "
                                       "Mammo-CLIP .tar)")
     if checkpoint is None:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, what=WHAT)
     try:
         state = model_state(checkpoint)
     except ValueError as err:
@@ -95,7 +97,7 @@ def load_pretrained(path: str | os.PathLike, name: str | None = None, map_locati
     if path.is_dir():
         checkpoint_layout(path)  # a clear error for a directory that is not a saved model
         return MammoCLIP.from_pretrained(path, map_location=map_location, **overrides)
-    checkpoint = read_checkpoint(path, trusted=trusted)
+    checkpoint = read_checkpoint(path, trusted=trusted, what=WHAT)
     if checkpoint_layout(path, checkpoint) == "original":
         if name is not None and not str(name).startswith("original_"):
             raise InvalidInputError(path, f"an original Mammo-CLIP checkpoint (architecture original_b5 / "

@@ -17,7 +17,7 @@ _EXPORTS = {
     "PromptSet": "prompts", "load_prompt_sets": "prompts", "embed_prompt_sets": "prompts",
     "zero_shot_probabilities": "prompts",
     "MammoTextd": "transforms", "Tokenized": "transforms", "NON_COLLATABLE_KEYS": "transforms",
-}  # fmt: skip
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -34,7 +34,7 @@ SECTION_ALIASES: dict[str, str] = {
     "recommendations": "recommendation", "recommendation": "recommendation",
     "assessment": "assessment", "conclusions": "conclusion", "conclusion": "conclusion",
     "examination": "exam", "exam": "exam",
-}  # fmt: skip
+}
 
 _HEADER_RE = re.compile(
     r"(?<![\w-])(?P<name>" + "|".join(re.escape(a).replace(r"\ ", r"\s+")

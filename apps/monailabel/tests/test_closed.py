@@ -23,7 +23,7 @@ PATTERNS = ["*.png", "*.dcm", "*.dicom", "*.nii.gz"]
     ("04e54e94bd96ef8ea42bf30d19604b4c", True), ("refused-ct", True), ("1.2.840.10008", True),
     ("..x", True), ("", False), (".", False), ("..", False), ("/etc/passwd", False), ("../x", False),
     ("x/..", False), ("a\\b", False), ("a\0b", False), (None, False), (["x"], False), (7, False),
-])  # fmt: skip
+])
 def test_is_image_id(value: object, expected: bool) -> None:
     assert is_image_id(value) is expected
 
@@ -31,7 +31,7 @@ def test_is_image_id(value: object, expected: bool) -> None:
 @pytest.mark.parametrize("requested, expected", [
     ("04e54e94bd96ef8ea42bf30d19604b4c", "04e54e94bd96ef8ea42bf30d19604b4c"), ("../../x", "x"),
     ("/tmp/a b/c", "tmp_a_b_c"), ("..\\..\\x", "x"), ("1.2.840", "1_2_840"), ("x.dcm", "x_dcm"),
-])  # fmt: skip
+])
 def test_contained_image_id(requested: str, expected: str) -> None:
     assert contained_image_id(requested) == expected
 
@@ -116,7 +116,7 @@ def test_uploads_must_be_a_mammogram_format(layout: dict[str, Path], tmp_path: P
     lambda s: s.save_label("inside", "x.png", "final", {}), lambda s: s.remove_label("inside", "final"),
     lambda s: s.remove_image("inside"), lambda s: s.update_image_info("inside", {"x": 1}),
     lambda s: s.update_label_info("inside", "final", {}), lambda s: s.get_dataset_archive(None),
-])  # fmt: skip
+])
 def test_datastore_changes_are_refused(layout: dict[str, Path], call) -> None:
     store = _store(layout["studies"])
     with pytest.raises(HTTPException) as refused:
@@ -134,7 +134,7 @@ def test_datastore_changes_are_refused(layout: dict[str, Path], call) -> None:
     ("POST", "/infer/wsi/mammoclip", None), ("POST", "/infer/wsi_v2/mammoclip", None),
     ("GET", "/infer/mammoclip", None), ("POST", "/train/", None), ("GET", "/logs/", None),
     ("GET", "/static/x.js", None), ("POST", "/reload", None), ("GET", "/something/new", None),
-])  # fmt: skip
+])
 def test_route_allow_list(method: str, path: str, served: str | None) -> None:
     routes = ServedRoutes(object(), allow_uploads=False)
     expected = {"monai_label": routes.monai_label, "guarded": routes.guarded_infer, None: None}[served]

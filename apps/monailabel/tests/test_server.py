@@ -212,7 +212,7 @@ def _start(studies: Path, bundle_dir: Path, log: Path, conf: dict[str, str]) -> 
     command = [
         os.fspath(cli), "start_server", "--app", os.fspath(APP_DIR), "--studies", os.fspath(studies),
         "--host", "127.0.0.1", "--port", str(port), "--conf", "bundle_path", os.fspath(bundle_dir),
-    ]  # fmt: skip
+    ]
     for key, value in conf.items():
         command += ["--conf", key, value]
     env = dict(os.environ, MONAILABEL_PYEXE=sys.executable, PYTHONUNBUFFERED="1")
@@ -378,7 +378,7 @@ def test_uploads_are_off_by_default(server: tuple[str, Path], studies: Path, syn
     ("DELETE", "/datastore/image?id={id}"), ("PUT", "/datastore/label?image={id}"),
     ("PUT", "/datastore/image/info?image={id}"), ("GET", "/datastore/dataset"), ("POST", "/reload"),
     ("GET", "/ohif/"), ("GET", "/proxy/dicom/wado/x"),
-])  # fmt: skip
+])
 def test_what_the_app_does_not_serve_is_refused(server: tuple[str, Path], studies: Path, mammogram_ids: list[str],
                                                method: str, endpoint: str) -> None:
     """Training, scoring, label saving, deletion, downloads (raw DICOM carries the headers) ... : 403."""

@@ -57,7 +57,7 @@ _SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.1), ("test", 0.2))
 _VINDR_BREAST = [
     "study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
     "breast_birads", "breast_density", "split",
-]  # fmt: skip
+]
 _CBIS_TAIL = ["assessment", "pathology", "subtlety", "image file path", "cropped image file path", "ROI mask file path"]
 COLUMNS: dict[str, list[str]] = {
     "image_text.csv": [
@@ -87,7 +87,7 @@ COLUMNS: dict[str, list[str]] = {
         "image_id", "study_id", "patient_id", "laterality", "view", "kind", "shape",
         "xmin", "ymin", "xmax", "ymax", "region", "depth", "size_mm",
     ],
-}  # fmt: skip
+}
 COLUMNS["mass_case_description_test_set.csv"] = COLUMNS["mass_case_description_train_set.csv"]
 COLUMNS["calc_case_description_test_set.csv"] = COLUMNS["calc_case_description_train_set.csv"]
 
@@ -358,20 +358,20 @@ def _generate_patient(task: _Task) -> dict[str, list[dict[str, str]]]:
         write_mammogram(
             root / rel, img.image, laterality=lat, view=view, spacing_mm=img.pixel_spacing_mm,
             identity=case.identity, uids=uids, encoding=enc, series_number=number, instance_number=1,
-        )  # fmt: skip
+        )
         h, w = img.image.shape
         common = {"patient_id": case.patient_id, "study_id": case.study_id, "image_id": image_id}
         rows["image_text.csv"].append({
             **common, "image_path": rel, "laterality": lat, "view": view, "report": breast.report,
             "split": task.split, "mass": str(breast.mass), "calcification": str(breast.calcification),
             "cancer": str(breast.cancer), "density": case.density, "birads": str(breast.birads),
-        })  # fmt: skip
+        })
         vindr = {
             "study_id": case.study_id, "series_id": _hex_id(seed, idx, lat, view, "series"),
             "image_id": image_id, "laterality": lat, "view_position": view, "height": str(h), "width": str(w),
             "breast_birads": f"BI-RADS {breast.birads}", "breast_density": f"DENSITY {case.density}",
             "split": vindr_split,
-        }  # fmt: skip
+        }
         rows["breast-level_annotations.csv"].append(vindr)
         rows["truth.csv"].append({
             **common, "image_path": rel, "laterality": lat, "view": view, "height": str(h), "width": str(w),
@@ -380,23 +380,23 @@ def _generate_patient(task: _Task) -> dict[str, list[dict[str, str]]]:
             "photometric_interpretation": enc.photometric, "bits_stored": str(enc.bits_stored),
             "transfer_syntax": enc.transfer, "voi": enc.voi, "pixel_spacing_mm": f"{img.pixel_spacing_mm:.6g}",
             "density": case.density,
-        })  # fmt: skip
+        })
         if not img.lesions:
             rows["finding_annotations.csv"].append({
                 **vindr, "finding_categories": "['No Finding']", "finding_birads": "",
                 "xmin": "", "ymin": "", "xmax": "", "ymax": "",
-            })  # fmt: skip
+            })
         for k, (lesion, truth) in enumerate(zip(breast.lesions, img.lesions, strict=True)):
             category = "['Mass']" if lesion.kind == "mass" else "['Suspicious Calcification']"
             rows["finding_annotations.csv"].append({
                 **vindr, "finding_categories": category, "finding_birads": f"BI-RADS {breast.lesion_birads[k]}",
                 **_box_cols("", truth.box),
-            })  # fmt: skip
+            })
             rows["truth_findings.csv"].append({
                 **common, "laterality": lat, "view": view, "kind": truth.kind, "shape": truth.shape,
                 **_box_cols("", truth.box), "region": truth.region, "depth": truth.depth,
                 "size_mm": f"{truth.size_mm:.1f}",
-            })  # fmt: skip
+            })
             mask_rel = f"cbis_masks/{image_id}_{k + 1}.dcm"
             write_mask(
                 root / mask_rel, truth.mask if truth.mask is not None else np.zeros((h, w), bool),
@@ -406,25 +406,25 @@ def _generate_patient(task: _Task) -> dict[str, list[dict[str, str]]]:
                     sop=make_uid(seed, idx, lat, view, k, "mask"),
                 ),
                 instance_number=k + 1,
-            )  # fmt: skip
+            )
             cbis = {
                 "patient_id": case.patient_id, "left or right breast": "LEFT" if lat == "L" else "RIGHT",
                 "image view": view, "abnormality id": str(k + 1), "assessment": str(breast.lesion_birads[k]),
                 "pathology": breast.pathology[k], "subtlety": str(breast.subtlety[k]),
                 "image file path": rel, "cropped image file path": "", "ROI mask file path": mask_rel,
-            }  # fmt: skip
+            }
             density_num = str("ABCD".index(case.density) + 1)
             if lesion.kind == "mass":
                 cbis.update({
                     "breast_density": density_num, "abnormality type": "mass",
                     "mass shape": _CBIS_MASS_SHAPE[lesion.shape], "mass margins": _CBIS_MARGIN[lesion.margin],
-                })  # fmt: skip
+                })
                 rows[f"mass_case_description_{cbis_split}_set.csv"].append(cbis)
             else:
                 cbis.update({
                     "breast density": density_num, "abnormality type": "calcification",
                     "calc type": _CBIS_CALC[lesion.morphology], "calc distribution": "CLUSTERED",
-                })  # fmt: skip
+                })
                 rows[f"calc_case_description_{cbis_split}_set.csv"].append(cbis)
     return rows
 
@@ -653,5 +653,5 @@ def ensure_dataset(
         generate_dataset(
             out, n_patients, seed, image_size, workers, bits_choices, rle_fraction,
             monochrome1_fraction, overwrite=True, progress=progress,
-        )  # fmt: skip
+        )
     return Path(out_dir)
