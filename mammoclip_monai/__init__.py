@@ -13,9 +13,7 @@ Importing the package is cheap: sub-modules (which pull in torch and MONAI) load
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .utils.lazy import lazy_exports
 from .version import __version__
 
 _EXPORTS = {
@@ -32,15 +30,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-
-def __getattr__(name: str) -> Any:
-    """Import the sub-module that defines ``name`` the first time it is asked for (PEP 562)."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -16,19 +16,6 @@ from mammoclip_monai.networks import weights
 from mammoclip_monai.utils.errors import InvalidInputError
 
 SMALL = (128, 96)
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-
-
-@pytest.fixture(scope="module")
-def tiny_text_dir(tmp_path_factory):
-    """A local stand-in for a hub text model (Bio_ClinicalBERT): tiny random BERT + the bundled tokenizer."""
-    from transformers import BertModel
-
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    BertModel(weights.fallback_text_config(**TINY_BERT)).save_pretrained(str(directory))
-    weights.fallback_tokenizer().save_pretrained(str(directory))
-    return directory
 
 
 @pytest.fixture(scope="module")

