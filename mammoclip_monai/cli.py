@@ -160,17 +160,20 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_data_efficiency(args: argparse.Namespace, session: Session) -> int:
+    """Each method is the bundle's probe workflow: its config files, merged in order, from ``--configs``."""
     from .evaluation.efficiency import data_efficiency
     from .utils.errors import UsageError
 
     configs = Path(args.configs)
     if not (configs / "linear_probe.json").is_file():
         raise UsageError(f"{configs}: no bundle configs here (run from the repository root or pass --configs)")
+    method_files = {"linear_probe": ["train.json", "linear_probe.json"],
+                    "finetune": ["train.json", "linear_probe.json", "finetune.json"]}
+    methods = {method: [configs / name for name in method_files[method]] for method in args.methods}
     overrides = parse_overrides(args.set)
     if args.overwrite:
         overrides["overwrite"] = True
-    rows = data_efficiency(configs, args.out, tasks=args.tasks, fractions=args.fractions, methods=args.methods,
-                           overrides=overrides)
+    rows = data_efficiency(methods, args.out, tasks=args.tasks, fractions=args.fractions, overrides=overrides)
     if not session.quiet:
         print((Path(args.out) / "results.md").read_text(encoding="utf-8"))
     return EXIT_OK if rows else EXIT_USAGE

@@ -213,7 +213,7 @@ def test_paper_preset_override_files(name):
 
     parser = ConfigParser()
     parser.read_config([str(TRAIN), str(CONFIGS / f"{name}.json")])
-    assert parser["preset"] == name and parser["network_def"]["preset"] == "@preset"
+    assert parser["preset"] == name and parser["network_def"]["name_or_path"] == "@preset"
     assert list(parser["image_size"]) == list(get_preset(name).image_size) == [1520, 912]
     assert parser["learning_rate"] == 5e-5 and parser["weight_decay"] == 1e-4 and parser["amp"] is True
     assert parser.get_parsed_content("max_epochs") == 15

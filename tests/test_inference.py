@@ -134,9 +134,9 @@ def test_bundle_inference_writes_predictions_and_reports_the_bad_file(trained, i
     density = [sum(float(r[f"density_{c}"]) for c in "ABCD") for r in rows]
     assert np.allclose(density, 1.0, atol=1e-4) and all(0 <= float(r["mass"]) <= 1 for r in rows)
     # the same numbers from the Python API (same preprocessing, same prompts, same weights)
-    from mammoclip_monai.networks import MammoCLIP
+    import mammoclip_monai as mc
 
-    api = MammoCLIP.from_pretrained(root / "pretrained")
+    api = mc.Predictor(mc.create_model(root / "pretrained"), device="cpu")
     first = api.predict(rows[0]["file"])
     assert first["mass"] == pytest.approx(float(rows[0]["mass"]), abs=1e-5)
 

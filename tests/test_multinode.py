@@ -287,6 +287,7 @@ def test_each_node_fills_its_own_cache_when_caches_are_per_node(monkeypatch):
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
         parser["cache_shared"] = shared
-        got = (parser.get_parsed_content("train#dataset#rank"), parser.get_parsed_content("train#dataset#world_size"))
+        got = (parser.get_parsed_content("make_dataset#rank"), parser.get_parsed_content("make_dataset#world_size"))
         assert got == expected
-        assert parser.get_parsed_content("test#dataset#world_size") == expected[1]
+        # every split's dataset is built by that one factory (its share of the fill included)
+        assert {parser[f"{split}#dataset#_target_"] for split in ("train", "validate", "test")} == {"@make_dataset"}

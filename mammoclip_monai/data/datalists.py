@@ -793,3 +793,9 @@ def group_views(items: Sequence[Mapping]) -> list[dict]:
         item["findings"] = list(dict.fromkeys(f for v in views for f in v["findings"]))
         grouped.append(item)
     return grouped
+
+
+def training_samples(items: Sequence[Mapping], multiview: bool = True) -> list[dict]:
+    """What one training sample is: a breast with two views (:func:`group_views`) when ``multiview``,
+    else one image per item (the items as they are). The bundle's ``train#datalist``."""
+    return group_views(items) if multiview else list(items)

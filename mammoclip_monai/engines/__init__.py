@@ -9,8 +9,9 @@ from .handlers import (
     RandomStates,
     ResumeHandler,
     TensorBoardImageGrid,
+    every_n_iterations,
 )
-from .metrics import RetrievalRecall, ZeroShotAUROC, contrastive_metrics, retrieval_metrics, zero_shot_metrics
+from .metrics import RetrievalRecall, ZeroShotAUROC, contrastive_metrics, loss_of, retrieval_metrics, zero_shot_metrics
 from .runs import RunDirectory, RunDirectoryInUse, RunFinished
 from .trainer import ContrastiveTrainer
 
@@ -30,6 +31,8 @@ __all__ = [
     "TensorBoardImageGrid",
     "ZeroShotAUROC",
     "contrastive_metrics",
+    "every_n_iterations",
+    "loss_of",
     "retrieval_metrics",
     "zero_shot_metrics",
 ]

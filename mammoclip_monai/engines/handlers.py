@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -346,18 +346,20 @@ class FinalTestHandler:
     """When training completes: load the best weights, run the test evaluator, record its metrics.
 
     The test split is touched exactly once, after model selection on the validation split.
-    Optionally writes the best model with ``save_pretrained`` (a self-contained directory).
+    Optionally writes the best model with ``save_pretrained`` (a self-contained directory). With
+    ``record=False`` (the other ranks of a torchrun launch) it tests without writing anything.
     """
 
     def __init__(self, evaluator: Engine, network: torch.nn.Module, checkpoint: str | os.PathLike,
                  metrics_writer: MetricsJSONWriter | None = None, pretrained_dir: str | os.PathLike | None = None,
-                 section: str = "test") -> None:
+                 section: str = "test", record: bool = True) -> None:
         self.evaluator = evaluator
         self.network = network
         self.checkpoint = Path(checkpoint)
         self.metrics_writer = metrics_writer
         self.pretrained_dir = pretrained_dir
         self.section = section
+        self.record = bool(record)  # under torchrun only rank 0 records; every rank takes part in the test
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -370,10 +372,23 @@ class FinalTestHandler:
             load_weights(model, self.checkpoint)
         else:
             logger.warning("%s not found: testing the last weights", self.checkpoint)
-        if self.pretrained_dir is not None and hasattr(model, "save_pretrained"):  # rank 0 only: None elsewhere
+        if self.record and self.pretrained_dir is not None and hasattr(model, "save_pretrained"):
             model.save_pretrained(self.pretrained_dir)
         self.evaluator.run()
         metrics = scalar_metrics(self.evaluator.state.metrics)
         logger.info("test metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if self.metrics_writer is not None:
+        if self.record and self.metrics_writer is not None:
             self.metrics_writer.add_section(self.section, metrics)
+
+
+def every_n_iterations(n: int) -> Callable[[Any, int], bool]:
+    """An ``iteration_log`` / event filter that fires on every ``n``-th iteration (a config cannot hold a
+    function; a lambda in it would be a procedure)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+
+    def every(engine: Any, iteration: int) -> bool:
+        return iteration % n == 0
+
+    return every

@@ -17,7 +17,7 @@ from ignite.metrics import Average
 from ..utils.auroc import AccumulatingMetric, binary_auroc, macro_auroc
 
 __all__ = ["RetrievalRecall", "ZeroShotAUROC", "retrieval_metrics", "zero_shot_metrics", "contrastive_metrics",
-           "binary_auroc", "macro_auroc"]
+           "loss_of", "binary_auroc", "macro_auroc"]
 
 DIRECTIONS = ("image_to_text", "text_to_image")
 
@@ -101,7 +101,8 @@ def zero_shot_metrics(tasks: Sequence[str], prefix: str = "val_") -> dict[str, Z
     return {f"{prefix}zs_auroc_{task}": ZeroShotAUROC(task) for task in tasks}
 
 
-def _loss_of(output: dict[str, Any]) -> torch.Tensor:
+def loss_of(output: dict[str, Any]) -> torch.Tensor:
+    """The loss of an engine's output dict: the ``output_transform`` of loss metrics and loss logging handlers."""
     return output["loss"]
 
 
@@ -111,5 +112,5 @@ def contrastive_metrics(zero_shot_tasks: Sequence[str], prefix: str = "val_", ks
     retrieval recall@K both ways and (``loss``) the mean loss, keyed ``{prefix}...``."""
     metrics: dict[str, Any] = {**zero_shot_metrics(zero_shot_tasks, prefix), **retrieval_metrics(ks, prefix)}
     if loss:
-        metrics[f"{prefix}loss"] = Average(output_transform=_loss_of)
+        metrics[f"{prefix}loss"] = Average(output_transform=loss_of)
     return metrics

@@ -16,13 +16,16 @@ from .probe import (
     embed_datalist,
     embed_images,
     feature_datalist,
+    head_outputs,
     image_datalist,
     positive_weight,
+    probe_dir,
+    probe_features,
     probe_loss,
 )
 from .report import ZeroShotReport
 
 __all__ = ["ClassificationReport", "ImageClassifier", "ZeroShotReport", "breast_mean", "class_weights",
-           "classification_metrics", "confusion_matrix", "embed_datalist", "embed_images", "feature_datalist", "image_datalist",
-           "logits_to_probabilities", "plot_confusion_matrix", "plot_roc_curves", "positive_weight", "probe_loss",
-           "roc_curve", "sensitivity_at_specificity"]
+           "classification_metrics", "confusion_matrix", "embed_datalist", "embed_images", "feature_datalist",
+           "head_outputs", "image_datalist", "logits_to_probabilities", "plot_confusion_matrix", "plot_roc_curves",
+           "positive_weight", "probe_dir", "probe_features", "probe_loss", "roc_curve", "sensitivity_at_specificity"]

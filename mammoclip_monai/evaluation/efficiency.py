@@ -1,10 +1,13 @@
 """Data efficiency: linear probe and fine-tuning at several fractions of the training patients.
 
-Each (method, task, fraction) is one run of the bundle's own configs (``linear_probe.json``,
-``finetune.json`` over ``train.json``) through ``monai.bundle.ConfigWorkflow``; fractions are
-patient-level and nested (the 10 % patients are inside the 50 % patients, same seed), model
-selection uses the validation split and the test split is read once per run. The results
-become a CSV, a Markdown table and a plot (metric against fraction, one line per method and task).
+Each (method, task, fraction) is one run of a bundle workflow through ``monai.bundle.ConfigWorkflow``;
+the caller names the config files of each method (the ``mammoclip data-efficiency`` command passes the
+bundle's ``linear_probe.json`` / ``finetune.json`` over ``train.json``), so this module knows no bundle
+file. A run is set by the bundle's probe keys (``probe_task``, ``probe_fraction``, ``probe_dir``) and
+reports through its ``metrics.json`` and ``probe#train_data``. Fractions are patient-level and nested
+(the 10 % patients are inside the 50 % patients, same seed), model selection uses the validation split
+and the test split is read once per run. The results become a CSV, a Markdown table and a plot (metric
+against fraction, one line per method and task).
 """
 
 from __future__ import annotations
@@ -18,22 +21,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .probe import probe_dir
+
 logger = logging.getLogger("mammoclip_monai.evaluation")
 
-METHOD_CONFIGS = {"linear_probe": ["train.json", "linear_probe.json"],
-                  "finetune": ["train.json", "linear_probe.json", "finetune.json"]}
+ConfigFiles = Sequence[str | os.PathLike]
+"""The config files of one method, merged in order (later files override earlier keys)."""
 
 
-def run_one(config_dir: str | os.PathLike, method: str, task: str, fraction: float, out_dir: str | os.PathLike,
+def run_one(configs: ConfigFiles, method: str, task: str, fraction: float, out_dir: str | os.PathLike,
             overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One probe/fine-tune run; returns its test metrics (``test_auroc``, ...) and the best validation epoch."""
+    """One probe/fine-tune run of the workflow ``configs``; returns its test metrics (``test_auroc``, ...)
+    and the best validation epoch. It writes into :func:`~mammoclip_monai.evaluation.probe.probe_dir`
+    ``(out_dir, method, task, fraction)``."""
     from monai.bundle import ConfigWorkflow
 
-    if method not in METHOD_CONFIGS:
-        raise ValueError(f"method must be one of {sorted(METHOD_CONFIGS)}, got {method!r}")
-    configs = [str(Path(config_dir) / name) for name in METHOD_CONFIGS[method]]
-    run_dir = Path(out_dir) / method / f"{task}_{round(fraction * 100)}pct"
-    workflow = ConfigWorkflow(config_file=configs, workflow_type="train", run_id="training",
+    run_dir = Path(probe_dir(out_dir, method, task, fraction))
+    workflow = ConfigWorkflow(config_file=[os.fspath(c) for c in configs], workflow_type="train", run_id="training",
                               **{"probe_task": task, "probe_fraction": fraction, "probe_dir": str(run_dir),
                                  **dict(overrides or {})})
     workflow.initialize()
@@ -44,17 +48,19 @@ def run_one(config_dir: str | os.PathLike, method: str, task: str, fraction: flo
             "n_train": len(workflow.parser.get_parsed_content("probe#train_data")), **record.get("test", {})}
 
 
-def data_efficiency(config_dir: str | os.PathLike, out_dir: str | os.PathLike, tasks: Sequence[str] = ("mass",),
-                    fractions: Sequence[float] = (0.1, 0.5, 1.0), methods: Sequence[str] = ("linear_probe",),
+def data_efficiency(methods: Mapping[str, ConfigFiles], out_dir: str | os.PathLike,
+                    tasks: Sequence[str] = ("mass",), fractions: Sequence[float] = (0.1, 0.5, 1.0),
                     overrides: Mapping[str, Any] | None = None, metric: str = "test_auroc") -> list[dict[str, Any]]:
-    """Run every (method, task, fraction); write ``results.csv``, ``results.md`` and ``data_efficiency.png``."""
+    """Run every (method, task, fraction), ``methods`` mapping each method's name to its config files (in
+    the order the rows and the plot list them); write ``results.csv``, ``results.md`` and
+    ``data_efficiency.png``."""
     out_dir = Path(out_dir)
     rows = []
-    for method in methods:
+    for method, configs in methods.items():
         for task in tasks:
             for fraction in fractions:
                 logger.info("data efficiency: %s, %s, %d %% of the training patients", method, task, round(fraction * 100))
-                rows.append(run_one(config_dir, method, task, fraction, out_dir, overrides))
+                rows.append(run_one(configs, method, task, fraction, out_dir, overrides))
     write_results(rows, out_dir, metric)
     return rows
 

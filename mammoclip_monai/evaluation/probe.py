@@ -8,12 +8,15 @@ dropout is off: the original protocol left them running. ``freeze="none"`` fine-
 
 Because a frozen encoder maps an image to the same features every epoch, :func:`embed_images`
 computes them once; the head then trains on the cached vectors (:func:`feature_datalist`) in a
-fraction of the time (``scripts/benchmark_probe.py`` measures it).
+fraction of the time (``scripts/benchmark_probe.py`` measures it). :func:`probe_features` is that
+pipeline for one split (``linear_probe.json`` declares it once and applies it to each split), and
+:func:`probe_dir` names the folder of one run (the bundle and ``mammoclip data-efficiency`` agree on it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -176,6 +179,29 @@ def embed_datalist(encoder: nn.Module, items: Sequence[Mapping[str, Any]], trans
                         desc=f"embedding {len(items)} images")
 
 
+def probe_features(items: Sequence[Mapping[str, Any]], encoder: nn.Module, transform: Any, label_key: str,
+                   values: Sequence[int], aggregate: str = "image", device: torch.device | str = "cpu",
+                   batch_size: int = 16, num_workers: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """A split's datalist for the probe head: its images embedded once by the frozen ``encoder``
+    (:func:`embed_datalist`, labels of ``label_key``), then as :func:`feature_datalist` items of the
+    prompt set's class ``values`` (per image, or per breast with ``aggregate="breast"``)."""
+    cache = embed_datalist(encoder, items, transform, [label_key], device, batch_size=batch_size,
+                           num_workers=num_workers, progress=progress)
+    return feature_datalist(cache, label_key, values, aggregate=aggregate)
+
+
+def head_outputs(num_classes: int) -> int:
+    """Logits of a head for ``num_classes`` classes: one for a binary task (BCE), one per class otherwise
+    (cross-entropy), the rule :func:`probe_loss` and :func:`feature_datalist`'s targets follow."""
+    return 1 if int(num_classes) == 2 else int(num_classes)
+
+
+def probe_dir(root: str | os.PathLike, method: str, task: str, fraction: float) -> str:
+    """The folder of one probe / fine-tuning run: ``<root>/<method>/<task>_<percent>pct`` (the bundle's
+    ``probe_dir``, and where ``mammoclip data-efficiency`` looks for each run's ``metrics.json``)."""
+    return os.path.join(os.fspath(root), method, f"{task}_{round(fraction * 100)}pct")
+
+
 def _target(index: int, binary: bool) -> torch.Tensor:
     """BCE wants a float ``(1,)`` target, cross-entropy a long scalar."""
     return torch.tensor([float(index)]) if binary else torch.tensor(index, dtype=torch.long)
@@ -230,12 +256,16 @@ def image_datalist(items: Sequence[Mapping[str, Any]], label_key: str, values: S
     return out
 
 
-def probe_loss(items: Sequence[Mapping[str, Any]], num_classes: int) -> nn.Module:
-    """Class-balanced loss from the training items: BCE with ``pos_weight`` (binary) or weighted CE."""
+def probe_loss(items: Sequence[Mapping[str, Any]], num_classes: int,
+               device: torch.device | str | None = None) -> nn.Module:
+    """Class-balanced loss from the training items: BCE with ``pos_weight`` (binary) or weighted CE,
+    on ``device`` (its weights are buffers) when given."""
     targets = np.asarray([float(torch.as_tensor(item["label"]).reshape(-1)[0]) for item in items])
     if num_classes == 2:
-        return nn.BCEWithLogitsLoss(pos_weight=positive_weight(targets.astype(int)))
-    return nn.CrossEntropyLoss(weight=class_weights(targets.astype(int), num_classes))
+        loss: nn.Module = nn.BCEWithLogitsLoss(pos_weight=positive_weight(targets.astype(int)))
+    else:
+        loss = nn.CrossEntropyLoss(weight=class_weights(targets.astype(int), num_classes))
+    return loss if device is None else loss.to(device)
 
 
 def positive_weight(labels: Sequence[int] | np.ndarray) -> torch.Tensor:

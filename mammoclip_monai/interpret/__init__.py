@@ -12,15 +12,17 @@ from .heatmaps import ZeroShotLogits, cam_map, factor_heatmap, gradcam_map, heat
 from .localization import (
     METHODS,
     LocalizationEvaluator,
+    LocalizationTest,
     best_box_iou,
     ground_truth_boxes,
     pointing_hit,
     summarize,
     write_localization_table,
 )
-from .metrics import AttributeAUROC
+from .metrics import AttributeAUROC, attribute_metrics
 
 __all__ = ["METHODS", "AttributeAUROC", "FActOR", "FActORLoss", "FeatureMapExtractor", "LocalizationEvaluator",
-           "ZeroShotLogits", "attribute_embeddings", "best_box_iou", "cache_feature_maps", "cam_map",
-           "default_feature_layer", "factor_heatmap", "gradcam_map", "ground_truth_boxes", "heatmap_boxes",
-           "normalize_map", "pointing_hit", "summarize", "to_original", "write_localization_table"]
+           "LocalizationTest", "ZeroShotLogits", "attribute_embeddings", "attribute_metrics", "best_box_iou",
+           "cache_feature_maps", "cam_map", "default_feature_layer", "factor_heatmap", "gradcam_map",
+           "ground_truth_boxes", "heatmap_boxes", "normalize_map", "pointing_hit", "summarize", "to_original",
+           "write_localization_table"]

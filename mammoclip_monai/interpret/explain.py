@@ -1,7 +1,7 @@
 """Explain mammograms with a trained FActOR: per attribute a probability, boxes, an overlay, top neurons.
 
-What ``mammoclip explain`` runs. Files that cannot be read are reported and skipped; the others
-are processed. Outputs name images by file path only (nothing from the DICOM header):
+What ``mammoclip explain`` runs (and, through :class:`DatalistExplanations`, ``inference.json`` with
+``factor_overlays``). Files that cannot be read are reported and skipped; the others are processed. Outputs name images by file path only (nothing from the DICOM header):
     <out>/explanations.json   per image and attribute: probability (``"head": "factor"``: FActOR's, not the
                               zero-shot head's of ``mammoclip predict``), boxes (original pixels), top neurons
     <out>/neurons.csv         per attribute, its most frequent top neurons and their scores for every attribute
@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.pipelines import preprocessing
+from ..networks.zero_shot import ZeroShotClassifier
 from ..utils.errors import InvalidInputError, user_error
 from ..utils.files import atomic_write_text
 from .factor import FActOR, read_factor_state
@@ -33,7 +34,7 @@ from .overlay import load_original, save_overlay
 
 logger = logging.getLogger("mammoclip_monai.interpret")
 
-__all__ = ["Explainer"]
+__all__ = ["DatalistExplanations", "Explainer"]
 
 
 class Explainer:
@@ -143,6 +144,35 @@ class Explainer:
         write_neuron_table(records, self.factor.attributes, out / "neurons.csv")
         return summary
 
+
+
+class DatalistExplanations:
+    """FActOR explanations of a datalist's images as one step of a run (``inference.json``'s ``explanations``).
+
+    Nothing happens at construction: :meth:`run` builds the :class:`Explainer` from ``model`` as it is by
+    then (the inference run has loaded its checkpoint into it) and explains every item's ``image_key``
+    into ``out_dir``. ``model`` is a MammoCLIP or a
+    :class:`~mammoclip_monai.networks.zero_shot.ZeroShotClassifier`, whose MammoCLIP (the one it holds
+    aside for its prompts) is the one explained. With ``enabled=False`` :meth:`run` does nothing.
+    """
+
+    def __init__(self, model: torch.nn.Module, factor: FActOR | str | os.PathLike,
+                 datalist: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, enabled: bool = True,
+                 device: torch.device | str = "cpu", allow_any_modality: bool = False, image_key: str = "image",
+                 progress: bool = True) -> None:
+        self.model, self.factor, self.datalist, self.out_dir = model, factor, datalist, out_dir
+        self.enabled = bool(enabled)
+        self.device, self.allow_any_modality = device, allow_any_modality
+        self.image_key, self.progress = image_key, bool(progress)
+
+    def run(self) -> dict[str, Any] | None:
+        """Explain the datalist (the summary :meth:`Explainer.explain` returns), or ``None`` when disabled."""
+        if not self.enabled:
+            return None
+        model = self.model.text_model if isinstance(self.model, ZeroShotClassifier) else self.model
+        explainer = Explainer(model, self.factor, device=self.device, allow_any_modality=self.allow_any_modality)
+        return explainer.explain([item[self.image_key] for item in self.datalist], self.out_dir,
+                                 progress=self.progress)
 
 def write_neuron_table(records: Sequence[dict[str, Any]], attributes: Sequence[str], path: str | os.PathLike) -> Path:
     """Per attribute, each neuron that was in its top-k: how often, its mean score for every attribute,

@@ -115,6 +115,28 @@ class FActOR(nn.Module):
         self.layer = state.get("layer", self.layer)
 
     @classmethod
+    def from_feature_maps(cls, feature_maps: Sequence[Mapping[str, Any] | torch.Tensor], attributes: Sequence[str],
+                          embed_dim: int, embeddings: Mapping[str, torch.Tensor] | None = None,
+                          image_key: str = "image", **kwargs: Any) -> FActOR:
+        """A FActOR ready to train on cached training feature maps (``(C, h, w)`` tensors, or datalist items
+        holding them under ``image_key``, as :func:`~mammoclip_monai.interpret.features.cache_feature_maps`
+        returns): sized by the first map (``feature_size`` and ``channels``), with the attribute
+        ``embeddings`` (:func:`attribute_embeddings`) stored and the position statistics fitted on the same
+        maps. ``kwargs`` are the other constructor arguments (readout, layer, temperatures, ...).
+        """
+        def feature_map(entry: Mapping[str, Any] | torch.Tensor) -> torch.Tensor:
+            return entry[image_key] if isinstance(entry, Mapping) else entry
+
+        if not feature_maps:
+            raise ValueError("FActOR needs training feature maps to take its sizes from")
+        first = feature_map(feature_maps[0])
+        model = cls(attributes, tuple(first.shape[-2:]), embed_dim, channels=int(first.shape[0]), **kwargs)
+        if embeddings is not None:
+            model.set_attribute_embeddings(embeddings)
+        model.fit_position_statistics(feature_map(entry) for entry in feature_maps)
+        return model
+
+    @classmethod
     def from_state_dict(cls, state: Mapping[str, Any], feature_size: Sequence[int] | None = None,
                         source: str | os.PathLike | None = None) -> FActOR:
         """Rebuild a FActOR from its state dict alone (attributes, sizes, readout and embeddings are in it).

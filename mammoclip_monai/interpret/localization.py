@@ -4,6 +4,8 @@ Per image with the attribute and at least one ground-truth box of it (original f
 the best-scored predicted box's IoU with the nearest ground-truth box (hit at IoU 0.25 and 0.5,
 mean IoU) and the pointing game (the heatmap's peak inside a ground-truth box). FActOR, Grad-CAM
 and CAM run on the same images with the same box extraction, so the table compares maps only.
+:class:`LocalizationTest` is the protocol after training: best heads, thresholds chosen on validation,
+the test split evaluated once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.geometry import as_boxes, box_iou
+from ..networks.checkpoints import load_weights
 from ..utils.progress import progress as show_progress
 from .features import default_feature_layer
 from .heatmaps import cam_map, factor_heatmap, gradcam_map, heatmap_boxes, to_original
@@ -30,7 +33,7 @@ from .overlay import save_comparison_overlay
 logger = logging.getLogger("mammoclip_monai.interpret")
 
 __all__ = ["METHODS", "best_box_iou", "pointing_hit", "summarize", "ground_truth_boxes", "LocalizationEvaluator",
-           "write_localization_table"]
+           "LocalizationTest", "write_localization_table"]
 
 METHODS = ("factor", "gradcam", "cam")
 METHOD_NAMES = {"factor": "Mammo-FActOR", "gradcam": "Grad-CAM", "cam": "CAM"}
@@ -245,3 +248,30 @@ def write_localization_table(summary: Sequence[Mapping[str, Any]], per_image: Se
     path = out / "localization.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+class LocalizationTest:
+    """The localisation test of a trained FActOR, once, as ``factor.json`` runs it after training.
+
+    :meth:`run` loads the best heads (``weights``, the best validation checkpoint) into the evaluator's
+    FActOR, chooses each method's box threshold on the ``validation`` items
+    (:meth:`LocalizationEvaluator.select_thresholds`), evaluates the ``test`` items with up to
+    ``max_overlays`` overlays per attribute in ``out_dir/overlays``, and writes the tables
+    (:func:`write_localization_table`) into ``out_dir``. Nothing runs at construction.
+    """
+
+    def __init__(self, evaluator: LocalizationEvaluator, weights: str | os.PathLike,
+                 validation: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]],
+                 out_dir: str | os.PathLike, max_overlays: int = 4) -> None:
+        self.evaluator = evaluator
+        self.weights = weights
+        self.validation, self.test = validation, test
+        self.out_dir = Path(out_dir)
+        self.max_overlays = int(max_overlays)
+
+    def run(self) -> Path:
+        """Load, select, evaluate, write; the path of ``localization.md``."""
+        load_weights(self.evaluator.factor, self.weights)
+        self.evaluator.select_thresholds(self.validation)
+        summary, per_image = self.evaluator.evaluate(self.test, self.out_dir / "overlays", self.max_overlays)
+        return write_localization_table(summary, per_image, self.out_dir)

@@ -9,7 +9,7 @@ import torch
 
 from ..utils.auroc import AccumulatingMetric, binary_auroc
 
-__all__ = ["AttributeAUROC"]
+__all__ = ["AttributeAUROC", "attribute_metrics"]
 
 
 class AttributeAUROC(AccumulatingMetric):
@@ -37,3 +37,9 @@ class AttributeAUROC(AccumulatingMetric):
             known = labels[:, a] >= 0
             values.append(binary_auroc(scores[known, a], labels[known, a]))
         return float(np.nanmean(values)) if not all(np.isnan(values)) else float("nan")
+
+
+def attribute_metrics(attributes: Sequence[str], prefix: str = "val_auroc_") -> dict[str, AttributeAUROC]:
+    """One :class:`AttributeAUROC` per attribute head, keyed ``{prefix}{attribute}`` (a FActOR evaluator's
+    ``additional_metrics`` beside the mean AUROC it selects on)."""
+    return {f"{prefix}{attribute}": AttributeAUROC(index) for index, attribute in enumerate(attributes)}

@@ -13,9 +13,10 @@ _EXPORTS = {
     "sample_texts": "reports", "split_sentences": "reports", "usable_sentences": "reports",
     "AttributeSentenceSampler": "templates", "load_vocabulary": "templates", "location_of_box": "templates",
     "load_tokenizer": "tokenizer", "tokenize": "tokenizer", "MammoTokenizer": "tokenizer",
-    "PromptSet": "prompts", "load_prompt_sets": "prompts", "embed_prompt_sets": "prompts",
+    "PromptSet": "prompts", "load_prompt_sets": "prompts", "embed_prompt_sets": "prompts", "label_keys": "prompts",
     "zero_shot_probabilities": "prompts",
     "MammoTextd": "transforms", "Tokenized": "transforms", "NON_COLLATABLE_KEYS": "transforms",
+    "text_steps": "transforms",
 }
 
 __all__ = sorted(_EXPORTS)

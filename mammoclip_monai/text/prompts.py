@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -226,6 +226,12 @@ def load_prompt_sets(path: str | os.PathLike | None = None, tasks: Sequence[str]
         return load_prompt_file(path, tasks)
     text = (resources.files("mammoclip_monai") / "resources" / DEFAULT_PROMPTS).read_text(encoding="utf-8")
     return prompt_sets_from_data(json.loads(text), f"mammoclip_monai/resources/{DEFAULT_PROMPTS}", tasks)
+
+
+def label_keys(prompt_sets: Mapping[str, PromptSet]) -> list[str]:
+    """The datalist column each prompt set is scored against, in the sets' order (what a dataset of
+    labelled items must carry for these tasks)."""
+    return [prompt_set.label_key for prompt_set in prompt_sets.values()]
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import DeleteItemsd, MapTransform, RandomizableTransform
 from monai.utils import ensure_tuple
 from monai.utils.enums import TraceKeys
 
@@ -277,3 +277,21 @@ class Tokenized(MapTransform):
             d[ids_key] = encoded["input_ids"][0]
             d[mask_key] = encoded["attention_mask"][0]
         return d
+
+
+def text_steps(keys: KeysCollection = ("text", "text2"), tokenizer: Any = None, max_length: int = 64,
+               train: bool = True, sentences_per_text: int = 1, empty_report: EmptyReportPolicy | str = "error",
+               sampler_options: Mapping[str, Any] | None = None, report_key: str = "report",
+               drop: Sequence[str] = ()) -> list[MapTransform]:
+    """The per-sample text steps of a chain (never cached: training samples new sentences every epoch):
+    ``MammoTextd -> Tokenized -> DeleteItemsd``.
+
+    The last step drops what default collation cannot stack once the tokens exist:
+    :data:`NON_COLLATABLE_KEYS`, ``drop`` (e.g. the second view's ``boxes2``), the texts and the report.
+    The bundle's training and validation chains differ only in ``keys``, ``train`` and ``drop``.
+    """
+    keys = list(ensure_tuple(keys))
+    return [MammoTextd(keys=keys, report_key=report_key, sentences_per_text=sentences_per_text, train=train,
+                       empty_report=empty_report, sampler_options=sampler_options),
+            Tokenized(keys=keys, tokenizer=tokenizer, max_length=max_length),
+            DeleteItemsd(keys=[*NON_COLLATABLE_KEYS, *drop, *keys, report_key])]
