@@ -17,7 +17,8 @@ then times per file, in alternating rounds (the order of the variants rotates ea
        package extracted with ``git archive`` and imported under another name), so "today's"
        cost can be pinned to the tree an issue was filed against.
 
-All variants decode with the decoder the project's reader picks (data/decoders.py). Reported: images/s, (d)/(b) with its range
+All variants decode with the decoder the project's reader picks (data/decoders.py).
+Reported: images/s, (d)/(b) with its range
 over rounds, and the ms per source megapixel of the work after decoding, (c)-(a) and (d)-(a).
 Torch runs on one thread (per-core figures). Prints Markdown and writes it with JSON to --out.
 """
@@ -228,7 +229,8 @@ def summarise(files: dict, times: dict) -> list[dict]:
         ratios = [b / d for b, d in zip(per["b_reference_png"], per["d_fused"])]
         ratios0 = [b / d for b, d in zip(per["b0_reference_nopng"], per["d_fused"])]
         rows.append({
-            "size": size, "syntax": syntax, "megapixels": round(mp, 2), "file_mb": round(files[(size, syntax)].stat().st_size / 1e6, 1),
+            "size": size, "syntax": syntax, "megapixels": round(mp, 2),
+            "file_mb": round(files[(size, syntax)].stat().st_size / 1e6, 1),
             **{f"{n}_ips": round(1.0 / med[n], 2) for n in med},
             "ratio_d_over_b": round(statistics.median(ratios), 2),
             "ratio_range": [round(min(ratios), 2), round(max(ratios), 2)],
@@ -237,7 +239,8 @@ def summarise(files: dict, times: dict) -> list[dict]:
             "d_minus_a_ms_per_mp": round((med["d_fused"] - med["a_decode"]) * 1000 / mp, 2),
         })
         if "c0_four_transforms_baseline" in med:
-            rows[-1]["c0_minus_a_ms_per_mp"] = round((med["c0_four_transforms_baseline"] - med["a_decode"]) * 1000 / mp, 2)
+            rows[-1]["c0_minus_a_ms_per_mp"] = round((med["c0_four_transforms_baseline"] - med["a_decode"])
+                                                     * 1000 / mp, 2)
     return rows
 
 
@@ -261,7 +264,8 @@ def markdown(rows: list[dict], rounds: int, baseline: str | None = None) -> str:
                   "| size | syntax | (c0) images/s | (c0)-(a) ms/MP | (d)-(a) ms/MP | (d)-(a) / (c0)-(a) |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
-            share = r["d_minus_a_ms_per_mp"] / r["c0_minus_a_ms_per_mp"] if r["c0_minus_a_ms_per_mp"] > 0 else float("nan")
+            share = (r["d_minus_a_ms_per_mp"] / r["c0_minus_a_ms_per_mp"] if r["c0_minus_a_ms_per_mp"] > 0
+                     else float("nan"))
             lines.append(f"| {r['size']} | {r['syntax']} | {r['c0_four_transforms_baseline_ips']:.2f} | "
                          f"{r['c0_minus_a_ms_per_mp']:.2f} | {r['d_minus_a_ms_per_mp']:.2f} | **{share:.2f}** |")
     return "\n".join(lines)
@@ -275,7 +279,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--syntaxes", nargs="*", default=list(SYNTAXES), choices=list(SYNTAXES))
     parser.add_argument("--baseline-commit", default=None,
-                        help="also time the four transforms of this git commit, as (c0) (e.g. the tree an issue was filed on)")
+                        help="also time the four transforms of this git commit, as (c0) "
+                             "(e.g. the tree an issue was filed on)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     files = {k: v for k, v in ensure_images(Path(args.data)).items() if k[0] in args.sizes and k[1] in args.syntaxes}
@@ -290,7 +295,8 @@ def main() -> None:
     out = Path(args.out or args.data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "decoders": names, "raw_seconds": {f"{k[0]}/{k[1]}": v for k, v in times.items()}},
+    (out / "results.json").write_text(json.dumps({"rows": rows, "decoders": names,
+                                                  "raw_seconds": {f"{k[0]}/{k[1]}": v for k, v in times.items()}},
                                                  indent=1))
 
 

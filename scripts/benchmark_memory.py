@@ -215,7 +215,8 @@ def main() -> None:
     if len(counts) >= 2:
         a, b = results[counts[0]], results[counts[-1]]
         lines.append("")
-        lines.append(f"{counts[-1]:,} vs {counts[0]:,} items: main process {b['peak_main_mb'] / a['peak_main_mb']:.3f}x, "
+        lines.append(f"{counts[-1]:,} vs {counts[0]:,} items: "
+                     f"main process {b['peak_main_mb'] / a['peak_main_mb']:.3f}x, "
                      f"process tree {b['peak_tree_mb'] / a['peak_tree_mb']:.3f}x.")
     lines.append(f"A datalist of {datalist['rows']:,} rows (every file checked) built in {datalist['seconds']:.1f} s.")
     report = "\n".join(lines)

@@ -91,7 +91,7 @@ def main() -> None:
         steps["read (decode + grey-scale)"] += per_image_ms(lambda p: load({"image": p}), [path], args.repeats)
         data = load({"image": path})
         for t in step_chain:
-            steps[type(t).__name__] += per_image_ms(lambda d: t(dict(d)), [data], args.repeats)
+            steps[type(t).__name__] += per_image_ms(lambda d, t=t: t(dict(d)), [data], args.repeats)
             data = t(dict(data))
     step_ms = {name: statistics.median(v) for name, v in steps.items() if v}
 

@@ -213,7 +213,8 @@ def main() -> None:
               "loader": "training DataLoader alone", "model": "training step alone (one batch on the device)"}
     for mode in modes:
         r = best[mode]
-        report.append(f"| {labels[mode]} | {r['samples_per_s']:.2f} | {r['s_per_iteration']:.3f} | {r['peak_mb']:.0f} |")
+        report.append(f"| {labels[mode]} | {r['samples_per_s']:.2f} | {r['s_per_iteration']:.3f} | "
+                      f"{r['peak_mb']:.0f} |")
     if args.loader_vs_model:
         bound = "the model" if ratio < 1 else "the loader"
         report += ["", f"Model / loader throughput: **{ratio:.3f}**: {bound} bounds this run."]

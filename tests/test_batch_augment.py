@@ -57,7 +57,8 @@ def test_rotation_matches_a_hand_rotation():
     augment = _off(affine_prob=1.0)
     images = _phantom(n=1, height=24, width=24)
     params = augment.draw(1, 24, 24)
-    params.update(angle=torch.full((1,), math.pi / 2, dtype=torch.float64), shear=torch.zeros(1, 2, dtype=torch.float64),
+    params.update(angle=torch.full((1,), math.pi / 2, dtype=torch.float64),
+                  shear=torch.zeros(1, 2, dtype=torch.float64),
                   scale=torch.ones(1, 2, dtype=torch.float64), shift=torch.zeros(1, 2, dtype=torch.float64))
     out = augment.apply(images, params)
     candidates = [torch.rot90(images, k, dims=(-2, -1)) for k in (1, 3)]

@@ -144,7 +144,8 @@ def test_vindr_bad_categories_named(tmp_path):
     rows = dl.read_csv(tmp_path / "finding_annotations.csv")
     rows[0]["finding_categories"] = "['Mass'"
     write_csv(tmp_path / "finding_annotations.csv", rows)
-    with pytest.raises(dl.DatalistError, match=r"finding_annotations.csv: line 2, column 'finding_categories': cannot parse"):
+    with pytest.raises(dl.DatalistError,
+                       match=r"finding_annotations.csv: line 2, column 'finding_categories': cannot parse"):
         dl.vindr_datalist(tmp_path)
 
 

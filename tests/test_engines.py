@@ -268,8 +268,9 @@ def test_best_saver_keeps_the_best_and_writes_atomically(tmp_path):
 
 
 def test_random_states_round_trip_through_weights_only_checkpoint(tmp_path):
-    from mammoclip_monai.data.transforms import RandMammoAugmentd
     from monai.transforms import Compose
+
+    from mammoclip_monai.data.transforms import RandMammoAugmentd
 
     chain = Compose([RandMammoAugmentd(keys="image")]).set_random_state(seed=1)
     states = RandomStates(chain)

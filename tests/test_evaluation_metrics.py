@@ -55,7 +55,8 @@ def test_sensitivity_at_specificity_matches_brute_force(seed):
     labels[:2] = [0, 1]
     scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: ties occur
     for spec in (0.5, 0.8, 0.9, 1.0):
-        assert sensitivity_at_specificity(scores, labels, spec) == pytest.approx(brute_sensitivity(scores, labels, spec))
+        assert (sensitivity_at_specificity(scores, labels, spec)
+                == pytest.approx(brute_sensitivity(scores, labels, spec)))
 
 
 def test_binary_metrics_by_hand():

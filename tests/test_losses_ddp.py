@@ -199,7 +199,7 @@ def test_ddp_loss_and_gradients_equal_single_process(ddp_results: list[dict], na
     for k, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, k
         for r in per_rank:
-            torch.testing.assert_close(r["grads"][k], p.grad, atol=1e-9, rtol=0, msg=lambda m: f"{name}/{k}: {m}")
+            torch.testing.assert_close(r["grads"][k], p.grad, atol=1e-9, rtol=0, msg=lambda m, k=k: f"{name}/{k}: {m}")
 
 
 def test_gather_helpers_pad_uneven_batches(ddp_results: list[dict]) -> None:

@@ -25,9 +25,9 @@ from mammoclip_monai.networks.encoders import (  # noqa: E402
     pool_hidden_states,
 )
 from mammoclip_monai.networks.factory import create_model, create_model_and_tokenizer  # noqa: E402
-from mammoclip_monai.networks.presets import PRESETS, get_preset, list_presets  # noqa: E402
 from mammoclip_monai.networks.heads import ProjectionHead  # noqa: E402
 from mammoclip_monai.networks.mammoclip import MammoCLIP, MammoCLIPConfig  # noqa: E402
+from mammoclip_monai.networks.presets import PRESETS, get_preset, list_presets  # noqa: E402
 
 REPORTS = ["Irregular mass in the upper outer quadrant of the left breast.", "No findings."]
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)

@@ -182,10 +182,11 @@ def test_linear_probe_command(synthetic_dataset, tmp_path):
 def test_data_efficiency_command(synthetic_dataset, tmp_path):
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
-    torch.save(create_model("tiny", init_towers=False, image_size=(96, 64)).state_dict(), tmp_path / "models" / "model.pt")
+    torch.save(create_model("tiny", init_towers=False, image_size=(96, 64)).state_dict(),
+               tmp_path / "models" / "model.pt")
     out = tmp_path / "efficiency"
-    overrides = [f"dataset_dir={synthetic_dataset}", f"ckpt_dir={tmp_path / 'models'}", f"output_dir={tmp_path / 'logs'}",
-                 "image_size=[96, 64]", "probe_epochs=2"]
+    overrides = [f"dataset_dir={synthetic_dataset}", f"ckpt_dir={tmp_path / 'models'}",
+                 f"output_dir={tmp_path / 'logs'}", "image_size=[96, 64]", "probe_epochs=2"]
     result = subprocess.run([sys.executable, "-m", "mammoclip_monai.cli", "data-efficiency", "--tasks", "mass",
                              "--fractions", "0.5", "1.0", "--methods", "linear_probe", "finetune", "--out", str(out),
                              "--set", *overrides, "finetune_freeze=partial"],

@@ -717,7 +717,7 @@ def test_header_sizes_over_the_cap_are_refused_before_any_allocation(tmp_path):
         path = rle_claiming(tmp_path / f"rle{side}.dcm", side, side)
         assert path.stat().st_size < 4096
         reasons = []
-        peak = peak_traced_bytes(lambda: reasons.append(refuses(path)))
+        peak = peak_traced_bytes(lambda reasons=reasons, path=path: reasons.append(refuses(path)))
         assert peak < 8 << 20, f"{side}: {peak} bytes allocated"
         assert reasons[0] == (
             f"image too large: the header declares {side} x {side} = {side * side} pixels of 16-bit data "

@@ -26,16 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
-
-from monailabel.config import settings
-from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
-from monailabel.interfaces.tasks.infer_v2 import InferTask
-from monailabel.interfaces.tasks.train import TrainTask
-
-from mammoclip_monai import __version__
-from mammoclip_monai.data.reader import MammogramReadError
+from typing import Any
 
 from lib.datastore import ClosedLocalDatastore
 from lib.infers import MammoClipClassification
@@ -50,6 +41,14 @@ from lib.refusals import (
     unreadable_image,
 )
 from lib.routes import close_server
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+
+from mammoclip_monai import __version__
+from mammoclip_monai.data.reader import MammogramReadError
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ INFER_REQUEST_KEYS = {"model", "image"}
 as ``model_filename`` (load another checkpoint), ``device`` or ``save_label`` change the server."""
 
 
-def conf_flag(conf: Dict[str, str], key: str) -> bool:
+def conf_flag(conf: dict[str, str], key: str) -> bool:
     """A ``--conf KEY true|false`` option; anything else stops the server at start-up."""
     value = str(conf.get(key, "false")).strip().lower()
     if value not in ("true", "false"):
@@ -70,7 +69,7 @@ def conf_flag(conf: Dict[str, str], key: str) -> bool:
     return value == "true"
 
 
-def mammogram_read_error(error: Optional[BaseException]) -> Optional[MammogramReadError]:
+def mammogram_read_error(error: BaseException | None) -> MammogramReadError | None:
     """The reader's error behind ``error`` (itself, or along its cause/context chain), if any."""
     seen = set()
     while error is not None and id(error) not in seen:
@@ -84,7 +83,7 @@ def mammogram_read_error(error: Optional[BaseException]) -> Optional[MammogramRe
 class MammoClipApp(MONAILabelApp):
     """One classification model read from a local bundle, served closed: datastore ids in, scores out."""
 
-    def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.bundle_path = Path(conf.get("bundle_path") or DEFAULT_BUNDLE).expanduser().resolve()
         self.model_name = conf.get("model_name") or DEFAULT_MODEL_NAME
         self.allow_uploads = conf_flag(conf, "allow_uploads")
@@ -114,7 +113,7 @@ class MammoClipApp(MONAILabelApp):
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
-    def init_infers(self) -> Dict[str, InferTask]:
+    def init_infers(self) -> dict[str, InferTask]:
         """Fail at start-up, not at the first request, when the bundle is incomplete."""
         task = MammoClipClassification(os.fspath(self.bundle_path), self.conf)
         if not task.is_valid():
@@ -125,11 +124,11 @@ class MammoClipApp(MONAILabelApp):
         logger.info(f"Serving bundle {self.bundle_path} as model '{self.model_name}': {task.output_names}")
         return {self.model_name: task}
 
-    def init_trainers(self) -> Dict[str, TrainTask]:
+    def init_trainers(self) -> dict[str, TrainTask]:
         """Training runs through the bundle's own configs, not through MONAI Label."""
         return {}
 
-    def init_strategies(self) -> Dict[str, Any]:
+    def init_strategies(self) -> dict[str, Any]:
         """No active learning: nothing here is being labelled."""
         return {}
 
@@ -141,7 +140,7 @@ class MammoClipApp(MONAILabelApp):
         """The bundle's weights are neither handed out nor replaced over HTTP (``/model/...``)."""
         return None
 
-    def infer(self, request: Dict[str, Any], datastore: Optional[Datastore] = None) -> Dict[str, Any]:
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Score one datastore image, named by its id; refuse everything else with a 4xx.
 
         MONAI Label's own ``infer`` reads ``request["image"]`` as a path whenever that path exists,

@@ -59,7 +59,8 @@ class BatchMammoAugment:
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not (len(elastic_magnitude) == 2 and 0 <= elastic_magnitude[0] <= elastic_magnitude[1]):
-            raise ValueError(f"elastic_magnitude must be (low, high) pixels with 0 <= low <= high, got {elastic_magnitude}")
+            raise ValueError("elastic_magnitude must be (low, high) pixels with 0 <= low <= high, "
+                             f"got {elastic_magnitude}")
         if not (len(gamma_range) == 2 and 0 < gamma_range[0] <= gamma_range[1]):
             raise ValueError(f"gamma_range must be (low, high) with 0 < low <= high, got {gamma_range}")
         if not 0 < elastic_spacing <= 1:

@@ -138,7 +138,8 @@ class PreprocessCache:
 
     # ------------------------------------------------------------------ entries
     def load(self, content_hash: str, variant: str = "") -> tuple[np.ndarray, dict[str, Any]] | None:
-        """``(uint16 pixels (1, H, W), record)`` of a stored entry, or ``None`` when there is none (or it is unreadable)."""
+        """``(uint16 pixels (1, H, W), record)`` of a stored entry, or ``None`` when there is none (or it is
+        unreadable)."""
         path = self.entry_path(content_hash, variant)
         try:
             return read_entry(path)
@@ -180,7 +181,8 @@ def entry_bytes(pixels: np.ndarray, record: Mapping[str, Any]) -> bytes:
     pixels' ``shape``), then the pixels as little-endian uint16, C order. One read, no decompression,
     no checksum pass: a torn file is caught by its length."""
     header = json.dumps(dict(record, shape=list(pixels.shape)), sort_keys=True).encode("utf-8")
-    return b"".join([ENTRY_MAGIC, struct.pack("<Q", len(header)), header, np.ascontiguousarray(pixels, "<u2").tobytes()])
+    return b"".join([ENTRY_MAGIC, struct.pack("<Q", len(header)), header,
+                     np.ascontiguousarray(pixels, "<u2").tobytes()])
 
 
 def read_entry(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:

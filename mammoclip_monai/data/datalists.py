@@ -3,7 +3,8 @@
 Every item has the same keys whatever the source, so datasets can be mixed in one loader::
 
     image        absolute path of the DICOM/PNG file
-    patient_id   patient key (VinDr: study_id, unless a splits CSV names the study's patient), used for every split and sub-sample
+    patient_id   patient key (VinDr: study_id, unless a splits CSV names the study's patient),
+                 used for every split and sub-sample
     study_id, image_id, laterality ("L"/"R"/""), view ("CC"/"MLO"/...), split ("train"/"val"/"test"/"")
     mass, calcification, cancer        1 / 0, or -1 when the source does not say
     density      0-3 for BI-RADS density A-D, -1 when unknown
@@ -319,7 +320,8 @@ def _split_keys(source: Mapping[str, str] | str | os.PathLike
                                                    "(train, val or test)")
         if patient in patients and patients[patient] != name:
             raise cell_error(source, row, "split", f"patient {patient!r} is already in split {patients[patient]!r} "
-                                                   f"(line {lines['patient', patient]}); a patient belongs to one split")
+                                                   f"(line {lines['patient', patient]}); "
+                                                   "a patient belongs to one split")
         patients[patient], lines["patient", patient] = name, row.line
         study = row.get("study_id", "")
         if study:

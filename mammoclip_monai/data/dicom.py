@@ -26,9 +26,10 @@ import re
 import threading
 import warnings
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom.datadict import tag_for_keyword
@@ -764,7 +765,8 @@ def stored_values() -> Iterator[list]:
     list and returns a 1 x 1 placeholder image with the right ``voi_used`` and ``inverted``:
     ``linear`` is :func:`greyscale_linear`'s ``(shift, scale)`` when the mapping is a clipped ramp
     (``table`` is then None), else ``table`` is :func:`greyscale_table`'s (indexed by the pixels'
-    unsigned view, exactly what ``greyscale`` would give each stored value). The caller then maps only the pixels it needs (data/preprocess.py). Other pixel
+    unsigned view, exactly what ``greyscale`` would give each stored value).
+    The caller then maps only the pixels it needs (data/preprocess.py). Other pixel
     data are mapped as usual and nothing is appended. Per thread / task (a context variable).
     """
     sink: list = []

@@ -39,10 +39,10 @@ from monai.transforms.inverse import TraceableTransform
 from monai.utils import ensure_tuple, ensure_tuple_rep
 from monai.utils.enums import TraceKeys
 
+from ..utils.errors import as_flag
 from . import geometry
 from .batch_augment import check_angles
 from .breast import find_breast
-from ..utils.errors import as_flag
 from .reader import DEFAULT_MAX_PIXELS, read_mammogram
 
 # ----------------------------------------------------------------------------- reading

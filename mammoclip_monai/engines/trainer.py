@@ -165,7 +165,8 @@ class ContrastiveTrainer(SupervisedTrainer):
         bias_init = getattr(config, "logit_bias_init", 0.0)
         if self.needs_logit_bias and bias_init is None:
             raise ValueError(f"{loss_name} needs the model's learnable logit_bias: build the model with "
-                             "logit_bias_init (e.g. -10, the SigLIP paper's): create_model(..., logit_bias_init=-10.0); "
+                             "logit_bias_init (e.g. -10, the SigLIP paper's): "
+                             "create_model(..., logit_bias_init=-10.0); "
                              "in the bundle, choose the loss with --loss_name siglip")
         if bias_init is not None and accepted is not None and not self.needs_logit_bias and config is not None:
             warnings.warn(f"the model has a logit_bias but {loss_name} does not take one: it will not train "

@@ -59,7 +59,8 @@ def data_efficiency(methods: Mapping[str, ConfigFiles], out_dir: str | os.PathLi
     for method, configs in methods.items():
         for task in tasks:
             for fraction in fractions:
-                logger.info("data efficiency: %s, %s, %d %% of the training patients", method, task, round(fraction * 100))
+                logger.info("data efficiency: %s, %s, %d %% of the training patients", method, task,
+                            round(fraction * 100))
                 rows.append(run_one(configs, method, task, fraction, out_dir, overrides))
     write_results(rows, out_dir, metric)
     return rows

@@ -99,7 +99,8 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, class_
     out: dict[str, Any] = {"n": int(labels.shape[0])}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning above names the absent classes
-        per_class = {name: binary_auroc(probabilities[:, i], labels == v) for i, (name, v) in enumerate(zip(names, values))}
+        per_class = {name: binary_auroc(probabilities[:, i], labels == v)
+                     for i, (name, v) in enumerate(zip(names, values))}
     for name, value in per_class.items():
         out[f"auroc_{name}"] = value
     if n_classes == 2:

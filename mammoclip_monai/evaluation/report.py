@@ -109,9 +109,11 @@ class ZeroShotReport:
             if len(prompt_set.values) == 2:
                 binary_curves[task] = (probs[known, 1], labels[known] == 1)
             else:
-                plot_roc_curves({name: (probs[known, i], labels[known] == i) for i, name in enumerate(prompt_set.names)},
+                plot_roc_curves({name: (probs[known, i], labels[known] == i)
+                                 for i, name in enumerate(prompt_set.names)},
                                 self.output_dir / f"roc_{task}.png", title=f"zero-shot {task} (one-vs-rest)")
-            plot_confusion_matrix(result["confusion_matrix"], prompt_set.names, self.output_dir / f"confusion_{task}.png",
+            plot_confusion_matrix(result["confusion_matrix"], prompt_set.names,
+                                  self.output_dir / f"confusion_{task}.png",
                                   title=f"zero-shot {task}")
             values = np.asarray(prompt_set.values)
             columns[f"{task}_label"] = [int(values[i]) if i >= 0 else "" for i in labels]

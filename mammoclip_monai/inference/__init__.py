@@ -10,5 +10,5 @@ from .data import ImageDataset, PrepareReadableBatch, collate_readable, find_ima
 from .predictor import Predictor
 from .writer import PredictionWriter, write_predictions
 
-__all__ = ["ImageDataset", "PrepareReadableBatch", "collate_readable", "find_image_files", "inference_datalist", "Predictor",
-           "PredictionWriter", "write_predictions"]
+__all__ = ["ImageDataset", "PrepareReadableBatch", "collate_readable", "find_image_files", "inference_datalist",
+           "Predictor", "PredictionWriter", "write_predictions"]

@@ -76,7 +76,8 @@ class Predictor:
         the text tower's weights change or the model moves)."""
         prompts = self.prompts if prompts is None else prompts
         # prompt sets (dataclasses) are keyed by their repr, prompt dictionaries by their JSON
-        key = json.dumps(prompts, sort_keys=True, default=repr) if prompts is not None else "tasks:" + ",".join(self.tasks)
+        key = (json.dumps(prompts, sort_keys=True, default=repr) if prompts is not None
+               else "tasks:" + ",".join(self.tasks))
         # in-place updates (optimizer steps, load_state_dict) bump a tensor's version: re-embed after them
         version = sum(p._version for name, p in self.model.named_parameters() if name.startswith(TEXT_PREFIXES))
         device = self.device
@@ -84,7 +85,8 @@ class Predictor:
             self._classifiers.clear()
             self._text_version = (version, device)
         if key not in self._classifiers:
-            classifier = ZeroShotClassifier(self.model, dict(prompts) if prompts is not None else None, tasks=self.tasks)
+            classifier = ZeroShotClassifier(self.model, dict(prompts) if prompts is not None else None,
+                                            tasks=self.tasks)
             self._classifiers[key] = classifier.to(device)
         self.model.eval()  # shared with the classifier; the model may have been trained since the last call
         return self._classifiers[key]

@@ -22,7 +22,8 @@ from ..utils.files import atomic_write_text
 
 logger = logging.getLogger("mammoclip_monai.inference")
 
-__all__ = ["IDENTITY_COLUMNS", "ZERO_SHOT_HEAD", "write_predictions", "batch_identity", "batch_rows", "PredictionWriter"]
+__all__ = ["IDENTITY_COLUMNS", "ZERO_SHOT_HEAD", "write_predictions", "batch_identity", "batch_rows",
+           "PredictionWriter"]
 
 IDENTITY_COLUMNS = ("file", "image_hash", "laterality", "view")
 

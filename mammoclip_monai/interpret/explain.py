@@ -1,7 +1,8 @@
 """Explain mammograms with a trained FActOR: per attribute a probability, boxes, an overlay, top neurons.
 
 What ``mammoclip explain`` runs (and, through :class:`DatalistExplanations`, ``inference.json`` with
-``factor_overlays``). Files that cannot be read are reported and skipped; the others are processed. Outputs name images by file path only (nothing from the DICOM header):
+``factor_overlays``). Files that cannot be read are reported and skipped; the others are processed.
+Outputs name images by file path only (nothing from the DICOM header):
     <out>/explanations.json   per image and attribute: probability (``"head": "factor"``: FActOR's, not the
                               zero-shot head's of ``mammoclip predict``), boxes (original pixels), top neurons
     <out>/neurons.csv         per attribute, its most frequent top neurons and their scores for every attribute

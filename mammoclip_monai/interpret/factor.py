@@ -45,7 +45,8 @@ READOUTS = ("peak", "map")
 
 
 def _mapper(in_features: int, hidden: int, out_features: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_features))
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, out_features))
 
 
 class FActOR(nn.Module):

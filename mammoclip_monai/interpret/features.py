@@ -31,7 +31,8 @@ def default_feature_layer(encoder: nn.Module, input_size: Sequence[int] = (64, 6
     try:
         with torch.no_grad():
             param = next(encoder.parameters())
-            x = torch.zeros(1, int(getattr(encoder, "in_chans", 1)), *input_size, device=param.device, dtype=param.dtype)
+            x = torch.zeros(1, int(getattr(encoder, "in_chans", 1)), *input_size,
+                            device=param.device, dtype=param.dtype)
             final = encoder.forward_features(x)
     finally:
         for hook in hooks:

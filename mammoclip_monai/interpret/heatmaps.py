@@ -100,7 +100,8 @@ def cam_map(model: nn.Module, class_embeddings: torch.Tensor, image: torch.Tenso
 
     # a new module is in train mode, and monai.visualize restores that mode onto the model afterwards
     wrapper = ZeroShotLogits(model, class_embeddings.to(image.device)).train(model.training)
-    cam = CAM(nn_module=wrapper, target_layers=f"model.image_encoder.{layer}", fc_layers=lambda net: net.location_logits)
+    cam = CAM(nn_module=wrapper, target_layers=f"model.image_encoder.{layer}",
+              fc_layers=lambda net: net.location_logits)
     with torch.no_grad():
         present = torch.ones(image.shape[0], dtype=torch.long)  # CAM wants one class index per image
         return cam.compute_map(image, class_idx=present).detach()[:, 0]

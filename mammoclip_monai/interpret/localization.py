@@ -200,7 +200,8 @@ class LocalizationEvaluator:
                 boxes, scores = heatmap_boxes(heat, threshold, self.max_boxes)
                 per_image.append({"image": str(item["image"]), "attribute": attribute, "method": method,
                                   "threshold": threshold, "iou": best_box_iou(boxes, gt),
-                                  "pointing": pointing_hit(heat, gt), "box": boxes[0].round(1).tolist() if len(boxes) else []})
+                                  "pointing": pointing_hit(heat, gt),
+                                  "box": boxes[0].round(1).tolist() if len(boxes) else []})
                 panels[method] = (heat, boxes, scores)
             if overlay_dir is not None and overlays[attribute] < max_overlays:
                 name = f"{attribute}_{overlays[attribute]:02d}.png"
@@ -244,7 +245,8 @@ def write_localization_table(summary: Sequence[Mapping[str, Any]], per_image: Se
              "|---|---|---|---|---|---|---|---|"]
     for row in summary:
         lines.append(f"| {row['attribute']} | {METHOD_NAMES.get(row['method'], row['method'])} | {row['n']} | "
-                     f"{row.get('threshold', float('nan')):.2f} | " + " | ".join(cell(row[c]) for c in columns[4:]) + " |")
+                     f"{row.get('threshold', float('nan')):.2f} | "
+                     + " | ".join(cell(row[c]) for c in columns[4:]) + " |")
     path = out / "localization.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -54,7 +54,8 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray,
     for ax, (name, (heat, boxes, scores)) in zip(axes[0], panels.items()):
         heat = heat.detach().cpu().numpy() if isinstance(heat, torch.Tensor) else np.asarray(heat)
         if heat.shape != image.shape:
-            raise ValueError(f"heatmap {heat.shape} and image {image.shape} differ: map the heatmap to the original first")
+            raise ValueError(f"heatmap {heat.shape} and image {image.shape} differ: "
+                             "map the heatmap to the original first")
         ax.imshow(shown, cmap="gray", interpolation="lanczos")
         ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         if gt_boxes is not None:

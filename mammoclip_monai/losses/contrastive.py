@@ -18,7 +18,6 @@ loss has no batch-dependent floor of ``log k`` for k duplicates.
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import torch
 import torch.nn as nn
@@ -36,7 +35,7 @@ __all__ = [
     "Targets",
 ]
 
-Targets = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor], None]
+Targets = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
 """``None`` (hard diagonal), one (rows x global) row-stochastic matrix used for both directions
 (valid for the symmetric relations :func:`label_aware_targets` builds), or a pair
 ``(forward, backward)``: rows of the first modality over the second's columns, and vice versa."""

@@ -67,7 +67,8 @@ def empty_report_policy(policy: EmptyReportPolicy | str) -> EmptyReportPolicy:
     try:
         return EmptyReportPolicy(policy)
     except ValueError:
-        raise ValueError(f"empty_report must be one of {[p.value for p in EmptyReportPolicy]}, got {policy!r}") from None
+        raise ValueError(f"empty_report must be one of {[p.value for p in EmptyReportPolicy]}, "
+                         f"got {policy!r}") from None
 
 
 # ----------------------------------------------------------------------------- sections

@@ -23,7 +23,8 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-__all__ = ["MammogramReadError", "read_error", "NOT_SUPPORTED", "DEFAULT_MAX_PIXELS", "InvalidInputError", "UsageError", "NoInputsError", "InputsFailedError", "as_flag", "EXIT_OK",
+__all__ = ["MammogramReadError", "read_error", "NOT_SUPPORTED", "DEFAULT_MAX_PIXELS", "InvalidInputError", "UsageError",
+           "NoInputsError", "InputsFailedError", "as_flag", "EXIT_OK",
            "EXIT_FAILED_INPUTS", "EXIT_USAGE", "EXIT_INTERNAL", "user_error", "exit_code", "one_line",
            "brief_errors", "format_traceback"]
 

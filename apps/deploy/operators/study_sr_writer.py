@@ -8,12 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-
 from monai.deploy.core import Fragment, OperatorSpec
 from monai.deploy.operators.dicom_text_sr_writer_operator import (
     DICOMTextSRWriterOperator,
 )
-
 
 # Patient identifiers this project never writes (its privacy rule). The SR keeps the study's and
 # series' UIDs, so it is filed in the right study; the Type 2 attributes stay present but empty.

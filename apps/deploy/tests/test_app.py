@@ -53,7 +53,7 @@ def _extra_json(model_file: Path, name: str) -> dict:
         return json.loads(archive.read(member))
 
 
-def _write_ct(path: Path, like: "pydicom.Dataset | None") -> None:
+def _write_ct(path: Path, like: pydicom.Dataset | None) -> None:
     """A one-slice CT series, in the MG study when ``like`` is given (same patient and study)."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset

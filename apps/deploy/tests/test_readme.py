@@ -241,7 +241,8 @@ def test_every_readme_command_has_a_rule() -> None:
     assert kinds.index("weights") < commands.index(next(c for c in commands if "ckpt_export" in c)), (
         "the README makes model.pt after exporting it")
     for example in EXAMPLE_FOLDERS:
-        assert any(example in command for command in commands), f"EXAMPLE_FOLDERS names {example}, the README no longer does"
+        assert any(example in command for command in commands), (
+            f"EXAMPLE_FOLDERS names {example}, the README no longer does")
     shown_report(README.read_text(encoding="utf-8"))
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
 
@@ -55,13 +56,13 @@ class ClosedLocalDatastore(LocalDatastore):
             return ""
         return path
 
-    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
         """MONAI Label's info without the absolute ``path`` it adds."""
         info = super().get_image_info(image_id)
         info.pop("path", None)
         return info
 
-    def datalist(self, full_path: bool = True) -> List[Dict[str, Any]]:
+    def datalist(self, full_path: bool = True) -> list[dict[str, Any]]:
         """Image/label pairs named relative to the studies folder, whatever ``full_path`` asks for."""
         root = os.path.realpath(self._datastore_path)
         return [
@@ -71,7 +72,7 @@ class ClosedLocalDatastore(LocalDatastore):
 
     # -- writing: uploads only, and only when switched on -------------------------------------
 
-    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Store an upload under a cleaned id; refuse when uploads are off, the extension is not a
         mammogram format the datastore lists, or the id is taken. The client's ``image_info`` is not
         stored (it is free-form JSON)."""
@@ -88,7 +89,7 @@ class ClosedLocalDatastore(LocalDatastore):
         logger.info(f"Stored an upload as image {stored_id}")
         return stored_id
 
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         """Labels are not part of a scoring server."""
         raise forbidden()
 
@@ -99,13 +100,13 @@ class ClosedLocalDatastore(LocalDatastore):
         """Studies are removed from the folder by whoever manages it, not over HTTP."""
         raise forbidden()
 
-    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         raise forbidden()
 
-    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         raise forbidden()
 
-    def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
+    def get_dataset_archive(self, limit_cases: int | None) -> str:
         """The archive would hand out every DICOM file, headers (and patient identifiers) included."""
         raise forbidden()
 

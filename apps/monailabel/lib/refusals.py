@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 from fastapi import HTTPException
 

@@ -24,7 +24,6 @@ MONAI Label's sources changes: the running server's router is wrapped.
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, File, Form, UploadFile
 from monailabel.config import settings
@@ -58,9 +57,9 @@ async def infer_datastore_image(
     image: str = "",
     session_id: str = "",
     params: str = Form("{}"),
-    file: Optional[UploadFile] = File(None),
-    label: Optional[UploadFile] = File(None),
-    output: Optional[ResultType] = None,
+    file: UploadFile | None = File(None),
+    label: UploadFile | None = File(None),
+    output: ResultType | None = None,
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
     """MONAI Label's ``POST /infer/{model}`` for a datastore image and nothing else.
@@ -143,7 +142,7 @@ class ServedRoutes:
         else:
             raise forbidden(self.refusal(scope.get("method", ""), path))
 
-    def route(self, method: str, path: str) -> Optional[ASGIApp]:
+    def route(self, method: str, path: str) -> ASGIApp | None:
         """Where a request for ``method path`` goes, or None when it is refused."""
         route = self._route(path)
         if route is None:
@@ -164,7 +163,7 @@ class ServedRoutes:
         """Why ``method path`` is refused: uploads while they are off, else not offered."""
         return UPLOADS_OFF if method == "PUT" and self._route(path) == UPLOAD_ROUTE else NOT_OFFERED
 
-    def _route(self, path: str) -> Optional[str]:
+    def _route(self, path: str) -> str | None:
         """``path`` without MONAI_LABEL_API_STR and trailing ``/`` (MONAI Label redirects ``/info``
         to ``/info/``), or None outside the API prefix."""
         if self.prefix:

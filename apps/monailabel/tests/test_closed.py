@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from fastapi import HTTPException
-
 from lib.datastore import ClosedLocalDatastore
 from lib.refusals import contained_image_id, is_image_id
 from lib.routes import ServedRoutes
@@ -162,6 +161,7 @@ def test_app_options_are_checked_at_start_up() -> None:
 
 def test_the_reader_error_is_found_behind_wrappers() -> None:
     from main import mammogram_read_error
+
     from mammoclip_monai.data.reader import MammogramReadError
 
     original = MammogramReadError("/studies/x.dcm", "modality 'CT' is not MG")

@@ -115,6 +115,7 @@ def _files(folder: Path) -> set[str]:
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The repository's bundle configs plus ``models/model.pt`` from an untrained model (offline)."""
     import torch
+
     from mammoclip_monai.networks import create_model
 
     bundle = tmp_path_factory.mktemp("bundle")

@@ -560,7 +560,8 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists and is not a directory")
     info = _read_info(out)
     if info is not None and not overwrite:
-        raise FileExistsError(f"{out} already holds a synthetic dataset; pass overwrite=True (mammoclip synth --overwrite) to replace it")
+        raise FileExistsError(f"{out} already holds a synthetic dataset; "
+                              "pass overwrite=True (mammoclip synth --overwrite) to replace it")
     if info is None and any(out.iterdir()):
         raise FileExistsError(
             f"{out} is a non-empty directory without a synthetic dataset.json; refusing to replace it"

@@ -96,7 +96,8 @@ class ImageEncoding:
 
     bits_stored: int = 16
     photometric: str = "MONOCHROME2"  # or MONOCHROME1 (stored values inverted)
-    transfer: str = "explicit"  # a key of TRANSFER_SYNTAXES: "explicit" | "rle" | "jpeg2000" | "jpegls" | "jpeg_lossless"
+    transfer: str = "explicit"  # a key of TRANSFER_SYNTAXES:
+                                # "explicit" | "rle" | "jpeg2000" | "jpegls" | "jpeg_lossless"
     voi: str = "none"  # "window" | "lut" | "none"
     window: tuple[float, float] = (0.0, 1.0)  # window bounds as fractions of the display range
     lut_gamma: float = 1.0

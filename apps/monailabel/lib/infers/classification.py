@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -50,7 +50,7 @@ class MammoClipClassification(BundleInferTask):
     ``prediction`` (MONAI Label's own classification list of ``{idx, label, score}``).
     """
 
-    def __init__(self, path: str, conf: Dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, path: str, conf: dict[str, str], **kwargs: Any) -> None:
         super().__init__(
             path,
             conf,
@@ -59,7 +59,7 @@ class MammoClipClassification(BundleInferTask):
             load_strict=True,
             **kwargs,
         )
-        self.output_names: List[str] = []
+        self.output_names: list[str] = []
         if not self.is_valid():
             return
         # The parent offers the bundle's models/*.pt as a request option and loads the file a
@@ -69,7 +69,7 @@ class MammoClipClassification(BundleInferTask):
         # The parent builds labels from metadata.json, lower-cased ("density_a"): keep the bundle's names.
         self.labels = {name: index for index, name in enumerate(self.output_names)}
 
-    def _read_output_names(self) -> List[str]:
+    def _read_output_names(self) -> list[str]:
         """Column names from inference.json (the network's own list), else from metadata.json's channel_def."""
         if self.bundle_config.get(OUTPUT_NAMES_ID) is not None:
             # Parsed lazily: reuses the network instance the parent already built from network_def.
@@ -78,8 +78,8 @@ class MammoClipClassification(BundleInferTask):
             channel_def = json.load(f)["network_data_format"]["outputs"][self.key_pred]["channel_def"]
         return [str(channel_def[index]) for index in sorted(channel_def, key=int)]
 
-    def writer(self, data: Dict[str, Any], extension: Optional[str] = None,
-               dtype: Optional[Any] = None) -> Tuple[None, Dict[str, Any]]:
+    def writer(self, data: dict[str, Any], extension: str | None = None,
+               dtype: Any | None = None) -> tuple[None, dict[str, Any]]:
         """No label file: the answer is the JSON of named scores."""
         scores = torch.as_tensor(data[self.output_label_key], dtype=torch.float32).detach().cpu().flatten().tolist()
         if len(scores) != len(self.output_names):
