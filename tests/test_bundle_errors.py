@@ -49,6 +49,7 @@ def test_an_input_that_does_not_exist_is_one_line_and_exit_2(checkpoint, tmp_pat
     assert errors == [f"mammoclip bundle: error: nothing to read: {tmp_path / 'nope'}: no such file or folder"]
 
 
+@pytest.mark.slow
 def test_bad_and_missing_inputs_are_listed_with_a_summary_and_the_rest_predicted(checkpoint, images, tmp_path):
     missing = tmp_path / "typo.dcm"
     inputs = json.dumps([str(images), str(missing)])

@@ -14,6 +14,8 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+pytestmark = pytest.mark.slow  # subprocess trainings (bundle runs, torchrun): seconds to minutes each
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 TRAIN = CONFIGS / "train.json"

@@ -191,6 +191,7 @@ def _fill_command(cache_dir: Path, files: list[str], workers: int = 0) -> list[s
     return [sys.executable, "-c", code, str(cache_dir), *files]
 
 
+@pytest.mark.slow
 def test_two_concurrent_writers_corrupt_nothing(synthetic_dataset, tmp_path):
     files = dicoms(synthetic_dataset, 16)
     reference = tmp_path / "reference"
@@ -206,6 +207,7 @@ def test_two_concurrent_writers_corrupt_nothing(synthetic_dataset, tmp_path):
     assert not temporaries(shared)
 
 
+@pytest.mark.slow
 def test_kill_9_during_preprocess_then_a_rerun_gives_the_uninterrupted_cache(synthetic_dataset, tmp_path):
     images = synthetic_dataset / "images"
     command = [sys.executable, "-m", "mammoclip_monai.cli", "-q", "preprocess", str(images), "--height",

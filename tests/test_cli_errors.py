@@ -226,6 +226,7 @@ def mammoclip() -> list[str]:
     return [str(script) if script.exists() else shutil.which("mammoclip")]
 
 
+@pytest.mark.slow
 def test_console_script_exit_statuses_and_help(images, tmp_path):
     missing = subprocess.run([*mammoclip(), "inspect", str(tmp_path / "nope")], capture_output=True, text=True,
                              timeout=120)
@@ -238,6 +239,7 @@ def test_console_script_exit_statuses_and_help(images, tmp_path):
 
 
 # ----------------------------------------------------------------------------- --quiet is quiet
+@pytest.mark.slow
 def test_export_is_short_and_quiet_is_silent(model_dir, tmp_path):
     """The ONNX exporter logs every pass it runs and torch warns on export: none of it without --verbose."""
     loud = subprocess.run([*mammoclip(), "export", "--model", str(model_dir / "pretrained"), "--out",

@@ -55,6 +55,7 @@ def test_synth_command_writes_a_dataset(tmp_path):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_no_identifier_reaches_metadata_logs_or_outputs(synthetic_dataset, tmp_path, caplog):
     files = sorted((synthetic_dataset / "images").rglob("*.dicom"))[:12]
     identifiers = header_identifiers(files)

@@ -178,6 +178,7 @@ def outputs(words: list[str], root: Path) -> list[Path]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command, doc", [(c, d) for c, d in UNIQUE if plan(c) == "run"])
 def test_quick_commands_run_verbatim(command, doc, checkout):
     root = checkout["root"]
@@ -201,6 +202,7 @@ def test_the_readme_opens_with_the_front_door():
     assert "create_model_and_transforms" in first and "import mammoclip_monai" in first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(documented_python("README.md"))))
 def test_python_examples_run(index, checkout):
     """Each Python block of README.md runs as printed (blocks share names, as in one session: earlier

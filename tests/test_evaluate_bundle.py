@@ -34,6 +34,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_metrics_predictions_and_plots(synthetic_dataset, checkpoint, tmp_path):
     out = tmp_path / "eval"
     args = ["--dataset_dir", str(synthetic_dataset), "--ckpt_dir", str(checkpoint.parent), "--eval_dir", str(out),

@@ -149,6 +149,7 @@ def _cli_export(folder, out, *flags: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_cli_export_writes_pt2_programs_recorded_in_export_json(model, tmp_path):
     model.save_pretrained(tmp_path / "pretrained")
     no_onnx = [] if importlib.util.find_spec("onnxruntime") else ["--no-onnx"]

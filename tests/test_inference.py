@@ -88,6 +88,7 @@ def test_zero_shot_classifier_rejects_bad_prompts_and_checkpoints(trained):
         classifier.load_state_dict(broken)
 
 
+@pytest.mark.slow
 def test_bundle_verify_export_and_torchscript_parity(trained, tmp_path):
     """The README's verify_net_in_out and ckpt_export commands; TorchScript == eager at full size."""
     root, model = trained
@@ -110,6 +111,7 @@ def test_bundle_verify_export_and_torchscript_parity(trained, tmp_path):
     assert [channels[str(i)] for i in range(len(channels))] == eager.output_names
 
 
+@pytest.mark.slow
 def test_bundle_inference_writes_predictions_and_reports_the_bad_file(trained, images, tmp_path):
     root, model = trained
     out = tmp_path / "predictions"
@@ -141,6 +143,7 @@ def test_bundle_inference_writes_predictions_and_reports_the_bad_file(trained, i
     assert first["mass"] == pytest.approx(float(rows[0]["mass"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path):
     root, model = trained
     prompts = tmp_path / "prompts.json"
@@ -192,6 +195,7 @@ def test_predict_and_embed_commands_and_custom_prompts(trained, images, tmp_path
     assert columns[:3] == ["mass", "calcification", "density_A"]
 
 
+@pytest.mark.slow
 def test_text_tower_torchscript_and_image_tower_onnx_parity(trained, tmp_path):
     root, model = trained
     result = subprocess.run([sys.executable, "-m", "mammoclip_monai.cli", "export", "--model",

@@ -294,6 +294,7 @@ def test_with_validation_carves_patients_out_of_training(synthetic_dataset):
                                                          if i["split"] == "val"}))
 
 
+@pytest.mark.slow
 def test_factor_bundle_and_explain_command(synthetic_dataset, tmp_path):
     """``factor.json`` over ``train.json`` trains, selects on validation, writes the table and overlays;
     ``mammoclip explain`` then explains a folder with one corrupt file in it."""

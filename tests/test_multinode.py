@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocess trainings (bundle runs, torchrun): seconds to minutes each
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 TIME_LIMIT_S = 120  # the whole launch: about 60 s on a loaded 2-core machine (load 2.5)

@@ -149,6 +149,7 @@ def test_classification_report_metric_matches_the_function():
     assert multi.sum() == pytest.approx(1.0) and multi.argmax() == 2
 
 
+@pytest.mark.slow
 def test_linear_probe_command(synthetic_dataset, tmp_path):
     torch.manual_seed(0)
     model = create_model("tiny", init_towers=False, image_size=(96, 64))
@@ -179,6 +180,7 @@ def test_linear_probe_command(synthetic_dataset, tmp_path):
     assert all(torch.equal(reread[f"image_encoder.{k}"], v) for k, v in before.items())
 
 
+@pytest.mark.slow
 def test_data_efficiency_command(synthetic_dataset, tmp_path):
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()

@@ -150,6 +150,7 @@ def _shared_check_rank(rank: int, port: int, folders: list[str], results: str) -
     Path(results, f"rank{rank}.txt").write_text(outcome)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False], ids=["shared", "one_folder_per_rank"])
 def test_every_rank_must_see_the_checkpoint_folder(tmp_path, shared):
     """Two gloo ranks: one folder passes; a folder per rank (a node-local ckpt_dir) fails on both, at once."""
