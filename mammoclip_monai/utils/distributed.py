@@ -59,6 +59,11 @@ def init_process_group(backend: str | None = None, timeout_minutes: float = 60.0
 
 
 def destroy_process_group() -> None:
-    """Leave the process group at the end of a run (a no-op without one)."""
+    """Leave the process group at the end of a run (a no-op without one).
+
+    All ranks meet at a barrier first: a rank that tears its group down while a peer still talks to
+    it can hang the teardown (pytorch/pytorch#75097), which a two-node test run once showed here.
+    """
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
