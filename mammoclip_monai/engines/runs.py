@@ -21,6 +21,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from ..networks.pretrained import RUN_RECORD
 from ..utils.errors import UsageError, as_flag
 from ..utils.files import atomic_write_text
 
@@ -28,9 +29,6 @@ __all__ = ["RUN_RECORD", "DirectoryNotShared", "RunDirectory", "RunDirectoryInUs
            "check_shared_directory"]
 
 logger = logging.getLogger("mammoclip_monai.engines")
-
-RUN_RECORD = "run.json"
-"""The record of the run that owns a folder: its settings, status and times."""
 
 
 class RunDirectoryInUse(UsageError, FileExistsError):

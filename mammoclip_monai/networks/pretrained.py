@@ -37,7 +37,8 @@ __all__ = ["checkpoint_layout", "load_pretrained", "RUN_RECORD"]
 WHAT = "trained MammoCLIP weights (a bundle checkpoint such as model.pt, or an original Mammo-CLIP .tar)"
 
 RUN_RECORD = "run.json"
-"""What the bundle writes beside its checkpoints (``engines.runs``): the run's preset and image size."""
+"""The record of the run that owns a checkpoint folder (written by ``engines.runs.RunDirectory``; read
+here for a bundle checkpoint's preset and image size): defined here, the lower layer of the two."""
 
 
 def checkpoint_layout(path: str | os.PathLike, checkpoint: Any = None) -> str:
