@@ -91,9 +91,9 @@ def write_results(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
 
 
 def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, metric: str = "test_auroc") -> Path:
-    from .plots import _pyplot, _save
+    from .plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -107,4 +107,4 @@ def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, 
         ax.set_xticks([100 * f for f in sorted({r["fraction"] for r in rows})])
         ax.legend(frameon=False, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

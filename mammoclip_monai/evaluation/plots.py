@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..utils.auroc import binary_auroc
+from ..utils.files import atomic_path
 from .metrics import roc_curve
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend (plots are files, never windows)."""
     try:
         import matplotlib
     except ImportError as err:  # pragma: no cover - matplotlib is a dependency
@@ -26,7 +29,7 @@ def _pyplot():
 def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
                     title: str = "ROC") -> Path:
     """One panel, one line per ``{label: (scores, binary labels)}``; AUROC in the legend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for label, (scores, truth) in curves.items():
         truth = np.asarray(truth).astype(bool)
@@ -39,13 +42,13 @@ def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: s
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(frameon=False, loc="lower right", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | os.PathLike,
                           title: str = "confusion matrix") -> Path:
     """Counts with row-normalised colour (recall per true class)."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
@@ -61,13 +64,15 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG atomically (a killed run leaves the previous file) and close it."""
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path

@@ -36,7 +36,8 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray,
                  panels: Mapping[str, tuple[Any, Any, Any]], gt_boxes: Any = None, title: str = "") -> Path:
     """One panel per entry of ``panels`` ``{name: (heatmap (H, W), boxes, scores)}`` over ``image`` (H, W).
 
-    Predicted boxes are solid (with their scores), ground-truth boxes dashed green.
+    Predicted boxes are solid (with their scores), ground-truth boxes dashed green: ``gt_boxes`` is
+    one set for every panel, or ``{panel name: boxes}`` (a detector's classes, each its own truth).
     """
     import matplotlib
 
@@ -58,8 +59,9 @@ def save_overlay(path: str | os.PathLike, image: np.ndarray,
                              "map the heatmap to the original first")
         ax.imshow(shown, cmap="gray", interpolation="lanczos")
         ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        if gt_boxes is not None:
-            _draw_boxes(ax, gt_boxes, "lime", dashed=True)
+        truth = gt_boxes.get(name) if isinstance(gt_boxes, Mapping) else gt_boxes
+        if truth is not None:
+            _draw_boxes(ax, truth, "lime", dashed=True)
         _draw_boxes(ax, boxes, "yellow", scores)
         ax.set_title(name, fontsize=9)
         ax.axis("off")

@@ -12,7 +12,8 @@ does not care which backend it holds:
 * :class:`TextEncoder`: any Hugging Face ``AutoModel`` plus its tokenizer, pooled to one vector.
 
 Image encoders expose ``forward(x) -> (B, C)`` (pooled, after dropout), ``forward_features(x) ->
-(B, C, h, w)`` (the last feature map, used by FActOR) and ``feature_dim``. Mammograms are grey:
+(B, C, h, w)`` (the last feature map, used by FActOR), ``forward_stages(x, strides)`` (one map per stride,
+for a detector's feature pyramid) and ``feature_dim``. Mammograms are grey:
 encoders take ``in_chans=1`` and 3-channel (ImageNet) stems are *folded* by summing over their
 input channels, which computes exactly what a grey image copied to 3 channels would give (the
 convolution is linear and the zero padding is the same in every channel).
@@ -169,6 +170,35 @@ class ImageEncoder(nn.Module):
         """Global average pooling and dropout of a feature map from :meth:`forward_features`."""
         return self.model.forward_head(feature_map)
 
+    def stage_channels(self, strides: Sequence[int] = (8, 16, 32)) -> list[int]:
+        """Channels of the last stage output at each of ``strides`` (the input to a feature pyramid)."""
+        return [self.model.feature_info[i]["num_chs"] for i in self._stage_indices(strides)]
+
+    def forward_stages(self, x: torch.Tensor, strides: Sequence[int] = (8, 16, 32)) -> list[torch.Tensor]:
+        """The last feature map of the stages at each of ``strides`` (timm's ``forward_intermediates``)."""
+        _check_channels(x, self.in_chans)
+        return self.model.forward_intermediates(x, indices=self._stage_indices(strides), intermediates_only=True)
+
+    def early_layers(self, max_stride: int) -> list[nn.Module]:
+        """The stem and the stages whose output stride is at most ``max_stride`` (what a detector may freeze).
+
+        Knows the EfficientNet / MobileNet family of timm (``conv_stem``, ``bn1``, ``blocks``).
+        """
+        if max_stride < 2:
+            return []
+        if not all(hasattr(self.model, name) for name in ("conv_stem", "bn1", "blocks")):
+            raise ValueError(f"{self.model_name}: early_layers knows timm's EfficientNet-style models only")
+        last = max((int(info["module"].split(".")[1]) for info in self.model.feature_info
+                    if info["reduction"] <= max_stride and info["module"].startswith("blocks.")), default=-1)
+        return [self.model.conv_stem, self.model.bn1, *list(self.model.blocks)[: last + 1]]
+
+    def _stage_indices(self, strides: Sequence[int]) -> list[int]:
+        reductions = [info["reduction"] for info in self.model.feature_info]
+        missing = [s for s in strides if s not in reductions]
+        if missing:
+            raise ValueError(f"{self.model_name} has no stage at stride(s) {missing}; its strides are {reductions}")
+        return [max(i for i, r in enumerate(reductions) if r == s) for s in strides]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, feature_dim)`` (after the dropout, as in the original)."""
         return self.pool(self.forward_features(x))
@@ -240,6 +270,47 @@ class EfficientNetBNImageEncoder(nn.Module):
     def pool(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Global average pooling, flatten and dropout (the original's order)."""
         return self.model._dropout(self.model._avg_pooling(feature_map).flatten(start_dim=1))
+
+    def _stage_strides(self) -> list[int]:
+        stride, out = 2, []  # the stem halves the image
+        for stage in self.model._blocks:
+            stride *= int(stage[0]._depthwise_conv.stride[0])
+            out.append(stride)
+        return out
+
+    def _stage_indices(self, strides: Sequence[int]) -> list[int]:
+        reductions = self._stage_strides()
+        missing = [s for s in strides if s not in reductions]
+        if missing:
+            raise ValueError(f"{self.model_name} has no stage at stride(s) {missing}; its strides are {reductions}")
+        return [max(i for i, r in enumerate(reductions) if r == s) for s in strides]
+
+    def stage_channels(self, strides: Sequence[int] = (8, 16, 32)) -> list[int]:
+        """Channels of the last stage output at each of ``strides`` (the input to a feature pyramid)."""
+        return [int(self.model._blocks[i][-1]._project_conv.out_channels) for i in self._stage_indices(strides)]
+
+    def early_layers(self, max_stride: int) -> list[nn.Module]:
+        """The stem and the stages whose output stride is at most ``max_stride`` (what a detector may freeze)."""
+        if max_stride < 2:
+            return []
+        stages = [stage for stage, stride in zip(self.model._blocks, self._stage_strides(), strict=True)
+                  if stride <= max_stride]
+        return [self.model._conv_stem, self.model._bn0, *stages]
+
+    def forward_stages(self, x: torch.Tensor, strides: Sequence[int] = (8, 16, 32)) -> list[torch.Tensor]:
+        """The last feature map of the MBConv stages at each of ``strides`` (before the head convolution)."""
+        _check_channels(x, self.in_chans)
+        net, wanted = self.model, set(self._stage_indices(strides))
+        x = net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))
+        use_checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        outputs = {}
+        for index, stage in enumerate(net._blocks):
+            x = checkpoint(stage, x, use_reentrant=False) if use_checkpoint else stage(x)
+            if index in wanted:
+                outputs[index] = x
+            if len(outputs) == len(wanted):
+                break
+        return [outputs[i] for i in self._stage_indices(strides)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(B, feature_dim)``."""

@@ -45,7 +45,8 @@ from .weights import (
     load_image_weights,
 )
 
-__all__ = ["MammoCLIPConfig", "MammoCLIP", "CONFIG_NAME", "WEIGHTS_NAME", "TEXT_DIR_NAME"]
+__all__ = ["MammoCLIPConfig", "MammoCLIP", "CONFIG_NAME", "WEIGHTS_NAME", "TEXT_DIR_NAME", "build_image_encoder",
+           "load_safetensors"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -247,7 +248,7 @@ def _describe_type(hint: Any) -> str:
     return words.get(origin if origin is dict else hint, str(hint))
 
 
-def _build_image_encoder(config: MammoCLIPConfig, init_towers: bool) -> nn.Module:
+def build_image_encoder(config: MammoCLIPConfig, init_towers: bool) -> nn.Module:
     """The configured image tower; timm hub weights are the only ones loaded here (by timm)."""
     if config.image_backend == "timm":
         kwargs = {}
@@ -313,7 +314,7 @@ class MammoCLIP(nn.Module):
         if text_encoder is None:  # first: a missing hub model should fail before minutes of image init
             text_encoder = _build_text_encoder(config, init_towers,
                                                None if text_source is None else os.fspath(text_source))
-        self.image_encoder = _build_image_encoder(config, init_towers)
+        self.image_encoder = build_image_encoder(config, init_towers)
         if init_towers:
             load_image_weights(self.image_encoder, config.image_weights)
         self.text_encoder = text_encoder
@@ -455,7 +456,7 @@ class MammoCLIP(nn.Module):
                 raise
             raise InvalidInputError(text_dir, "the text model's config or tokenizer cannot be loaded "
                                               f"({_first_line(err)})") from None
-        _load_safetensors(model, directory / WEIGHTS_NAME)
+        load_safetensors(model, directory / WEIGHTS_NAME)
         return model.to(map_location).eval()
 
 
@@ -464,7 +465,7 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _load_safetensors(model: nn.Module, path: Path) -> None:
+def load_safetensors(model: nn.Module, path: Path) -> None:
     """Strictly load ``path`` into ``model``; a file that is not safetensors or does not fit is one clear error."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_model
