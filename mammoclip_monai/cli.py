@@ -195,6 +195,27 @@ def cmd_explain(args: argparse.Namespace, session: Session) -> int:
                           f"{HEADS['factor']}, boxes and overlays", summary["errors"], file_key="image")
 
 
+# ----------------------------------------------------------------------------- detect
+def cmd_detect(args: argparse.Namespace, session: Session) -> int:
+    """Boxes per file (file pixels) -> detections.csv / .json and overlays; unreadable files are reported."""
+    from .detection.report import save_detection_overlay, write_detections
+    from .inference.detect import DetectionPredictor
+
+    files = [item["image"] for item in _datalist(args.inputs)]  # nothing to do: a usage error before loading
+    predictor = DetectionPredictor.from_pretrained(args.detector, batch_size=args.batch_size,
+                                                   allow_any_modality=args.any_modality)
+    results, errors = predictor.detect_many(files)
+    paths = write_detections(results, predictor.class_names, args.out, errors)
+    shown = results[: max(args.overlays, 0)]
+    for index, result in enumerate(session.progress(shown, total=len(shown), unit="overlay")):
+        name = f"overlay_{index:03d}_{os.path.splitext(os.path.basename(result['image_path']))[0]}.png"
+        save_detection_overlay(os.path.join(args.out, "overlays", name), result["image_path"], result["pred"],
+                               predictor.class_names, min_score=args.min_score)
+    boxes = sum(int((r["pred"]["scores"] >= args.min_score).sum()) for r in results)
+    return session.finish(f"detected in {len(results)} image(s) ({', '.join(predictor.class_names)}): "
+                          f"{boxes} box(es) scored >= {args.min_score:g}, all boxes in {paths['csv']}", errors)
+
+
 # ----------------------------------------------------------------------------- predict / embed / export
 def _predictor(args: argparse.Namespace) -> Any:
     from .inference import Predictor
@@ -339,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="JSON and neuron table only")
     p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
     p.set_defaults(func=cmd_explain)
+
+    p = add("detect", "mass / calcification boxes (file pixels) for files, folders or a CSV -> detections.csv")
+    p.add_argument("inputs", nargs="+", help=inputs_help)
+    p.add_argument("--detector", default="bundle/eval/detection/mammoclip_100pct/pretrained",
+                   help="a detector directory (detection.json's pretrained/ folder, written by save_pretrained)")
+    p.add_argument("--out", default="detections", help="output folder")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--overlays", type=int, default=20, help="overlay PNGs for the first N images (0: none)")
+    p.add_argument("--min-score", type=float, default=0.3, help="boxes drawn and counted in the summary")
+    p.add_argument("--any-modality", action="store_true", help="accept non-mammography DICOM")
+    p.set_defaults(func=cmd_detect)
 
     for name, help_text in (("predict", "zero-shot probabilities for files, folders or a CSV -> predictions.csv"),
                             ("embed", "image embeddings -> embeddings.npy + index.csv")):

@@ -145,6 +145,10 @@ def checkout(synthetic_dataset, tmp_path_factory) -> dict[str, Path]:
                     layer=layer)
     (root / "bundle" / "eval" / "factor").mkdir(parents=True)
     torch.save(factor.state_dict(), root / "bundle" / "eval" / "factor" / "factor.pt")
+    from mammoclip_monai.detection import MammoDetector
+
+    detector = MammoDetector(model.image_encoder, fpn_channels=16, model_config=model.config.to_dict())
+    detector.save_pretrained(root / "bundle" / "eval" / "detection" / "mammoclip_100pct" / "pretrained")
     images = root / "images"
     images.mkdir()
     for source in sorted((synthetic_dataset / "images").rglob("*.dicom"))[:2]:

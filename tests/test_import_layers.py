@@ -28,7 +28,7 @@ import mammoclip_monai
 
 PACKAGE_DIR = Path(mammoclip_monai.__file__).resolve().parent
 LAYERS = {"utils": 0, "version": 0, "resources": 0, "data": 1, "text": 2, "networks": 3, "losses": 4,
-          "engines": 5, "evaluation": 6, "interpret": 6, "inference": 7, "cli": 8, "export": 8}
+          "engines": 5, "evaluation": 6, "interpret": 6, "detection": 6, "inference": 7, "cli": 8, "export": 8}
 FRONT_DOOR = 9
 
 
